@@ -1,0 +1,1 @@
+"""The `routespace` command: a thin layer over the Python API."""

@@ -1,0 +1,46 @@
+"""Entry point of the ``routespace`` command. Subcommands register themselves from small modules."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from ..spaces.errors import RoutespaceError
+
+# Each entry: module under routespace.cli that defines ``register(subparsers)``; imported lazily so
+# `routespace flops` does not pay for optuna/nni imports.
+COMMAND_MODULES = ["space_cmd", "flops_cmd"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own default prints usage)
+        raise RoutespaceError(f"{message} (see `{self.prog} --help`)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = _Parser(prog="routespace", description="Routing-space NAS for semantic segmentation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"routespace.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user mistakes become one line on stderr and exit code 2."""
+    try:
+        args = make_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int | None] = args.func
+        return int(func(args) or 0)
+    except RoutespaceError as exc:
+        print(f"routespace: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("routespace: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
