@@ -229,106 +229,123 @@ class DynamicNet(nn.Module):
     @torch.no_grad()
     def forward_skipping(self, x: torch.Tensor, gate_override: dict | None = None) -> RoutingOutput:
         """Inference that executes only open cells and edges, each on the sub-batch of images whose gate
-        is open (gather/scatter). Realised FLOPs are counted from what actually ran."""
+        is open (gather/scatter). Realised FLOPs are counted from what actually ran.
+
+        Bookkeeping (which images are open where) is done on Python lists after one small transfer of
+        each gate's values, so per-node overhead stays small at batch 1."""
         if self.training:
             raise RoutespaceError("forward_skipping is for inference: call model.eval() first")
         n_img = x.shape[0]
         dev = x.device
         sizes = self._sizes(x)
         table = cost_table(self.space, (x.shape[-2], x.shape[-1]))
-        real_body = torch.zeros(n_img, dtype=torch.float64, device=dev)
-        real_gate = torch.zeros(n_img, dtype=torch.float64, device=dev)
-        # per node: list of (global image indices, tensor) contributions
-        incoming: dict[Node, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        edge_gates: dict[GateKey, torch.Tensor] = {}
-        alive_map: dict[Node, torch.Tensor] = {}
-        ran_map: dict[Node, torch.Tensor] = {}
+        real_body = [0] * n_img
+        real_gate = [0] * n_img
+        # per node: list of (image indices as a list, tensor of those rows) contributions
+        incoming: dict[Node, list[tuple[list[int], torch.Tensor]]] = {}
+        gate_rows: dict[GateKey, list[float]] = {}
+        alive_map: dict[Node, list[int]] = {}
+        ran_map: dict[Node, list[int]] = {}
         last: list = [None] * 4
-        everyone = torch.arange(n_img, device=dev)
         for node in self.nodes_:
             layer, scale = node
-            alive = torch.zeros(n_img, dtype=torch.bool, device=dev)
-            cell_on = torch.zeros(n_img, dtype=torch.bool, device=dev)
-            gates_full = x.new_zeros(n_img, len(self.out_keys[node]))
+            keys = self.out_keys[node]
+            values = [[0.0] * n_img for _ in keys]
+            ran: list[int] = []
             if layer == 0:
-                idx, inp = everyone, self.stem(x)
+                idx, inp = list(range(n_img)), self.stem(x)
             else:
                 idx, inp = _gather_sum(incoming.pop(node, []), n_img)
-            if idx.numel():
-                alive[idx] = True
-                real_gate[idx] += table.gate[node]
+            alive_map[node] = idx
+            if idx:
+                for i in idx:
+                    real_gate[i] += table.gate[node]
                 sub_override = None
                 if gate_override is not None and node in gate_override:
-                    sub_override = {node: gate_override[node][idx]}
+                    sub_override = {node: gate_override[node][torch.tensor(idx)]}
                 g = self._gate(node, inp, sub_override)
-                gates_full[idx] = g
-                open_rows = (g.max(1).values > 0).nonzero().flatten()
-                if open_rows.numel():
-                    rows_idx = idx[open_rows]
-                    cell_on[rows_idx] = True
+                g_list = g.tolist()
+                open_rows = [r for r, row in enumerate(g_list) if max(row) > 0]
+                if open_rows:
+                    ran = [idx[r] for r in open_rows]
                     h = _take(inp, open_rows)
-                    g_open = g[open_rows]
+                    g_open = _take(g, open_rows)
                     if layer > 0:
                         h = self._cell(node, h)
-                        real_body[rows_idx] += table.cell[node]
-                    for i, key in enumerate(self.out_keys[node]):
-                        sel = (g_open[:, i] > 0).nonzero().flatten()
-                        if not sel.numel():
+                        for i in ran:
+                            real_body[i] += table.cell[node]
+                    for j, key in enumerate(keys):
+                        sel = [r for r, orow in enumerate(open_rows) if g_list[orow][j] > 0]
+                        if not sel:
                             continue
-                        gi = g_open[sel, i][:, None, None, None]
-                        target_idx = rows_idx[sel]
+                        target = [ran[r] for r in sel]
+                        gi = _take(g_open, sel)[:, j, None, None, None]
                         if key[0] == "out":
-                            feat = x.new_zeros(n_img, *h.shape[1:])
-                            feat[target_idx] = _take(h, sel) * gi
-                            last[scale] = feat
+                            y = _take(h, sel) * gi
+                            if len(target) == n_img:
+                                last[scale] = y
+                            else:
+                                feat = x.new_zeros(n_img, *h.shape[1:])
+                                feat[torch.tensor(target, device=dev)] = y
+                                last[scale] = feat
                             continue
-                        real_body[target_idx] += table.edge[key]
+                        for i in target:
+                            real_body[i] += table.edge[key]
                         y = self.transitions[_edge_key(key)](_take(h, sel), sizes[key[2]]) * gi
-                        incoming.setdefault((key[0], key[2]), []).append((target_idx, y))
-            for i, key in enumerate(self.out_keys[node]):
-                edge_gates[key] = gates_full[:, i]
-            alive_map[node], ran_map[node] = alive, cell_on
+                        incoming.setdefault((key[0], key[2]), []).append((target, y))
+                for r, i in enumerate(idx):
+                    for j in range(len(keys)):
+                        values[j][i] = g_list[r][j]
+            ran_map[node] = ran
+            for j, key in enumerate(keys):
+                gate_rows[key] = values[j]
         logits = self._decode(last, sizes, x)
-        fixed = float(table.stem + table.decoder)
-        body = real_body.to(x.dtype)
+        fixed = table.stem + table.decoder
+
+        def as_mask(rows: list[int]) -> torch.Tensor:
+            m = torch.zeros(n_img, dtype=torch.bool, device=dev)
+            m[rows] = True
+            return m
+
+        body = torch.tensor(real_body, dtype=x.dtype, device=dev)
+        total = torch.tensor([b + g + fixed for b, g in zip(real_body, real_gate)], dtype=x.dtype, device=dev)
         return RoutingOutput(
             logits=logits,
-            edge_gates=edge_gates,
+            edge_gates={k: torch.tensor(v, dtype=x.dtype, device=dev) for k, v in gate_rows.items()},
             expected_body_flops=body,
-            expected_flops=(real_body + real_gate).to(x.dtype) + fixed,
+            expected_flops=total,
             realised_body_flops=body,
-            realised_flops=(real_body + real_gate).to(x.dtype) + fixed,
+            realised_flops=total,
             budget_body_flops=body,
-            alive=alive_map,
-            cell_ran=ran_map,
+            alive={n: as_mask(r) for n, r in alive_map.items()},
+            cell_ran={n: as_mask(r) for n, r in ran_map.items()},
         )
 
 
-def _take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows of ``t`` (no copy when all rows are taken in order)."""
-    if rows.numel() == t.shape[0]:
+def _take(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Rows of ``t`` (no copy when all rows are taken, in order)."""
+    if len(rows) == t.shape[0]:
         return t
-    return t.index_select(0, rows)
+    return t.index_select(0, torch.tensor(rows, device=t.device))
 
 
-def _gather_sum(parts: list[tuple[torch.Tensor, torch.Tensor]], n_img: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_sum(parts: list[tuple[list[int], torch.Tensor]], n_img: int) -> tuple[list[int], torch.Tensor | None]:
     """Sum contributions given on different image subsets: returns (sorted image indices, summed rows)."""
     if not parts:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        return [], None
     if len(parts) == 1:
         return parts[0]
-    idx = torch.unique(torch.cat([p[0] for p in parts]))
-    if all(p[0].numel() == idx.numel() for p in parts):
+    idx = sorted(set().union(*(p[0] for p in parts)))
+    if all(len(p[0]) == len(idx) for p in parts):  # every part covers the same (sorted) images
         total = parts[0][1]
         for _, t in parts[1:]:
             total = total + t
         return idx, total
-    pos = torch.full((n_img,), -1, dtype=torch.long, device=idx.device)
-    pos[idx] = torch.arange(idx.numel(), device=idx.device)
+    pos = {img: r for r, img in enumerate(idx)}
     first = parts[0][1]
-    total = first.new_zeros(idx.numel(), *first.shape[1:])
+    total = first.new_zeros(len(idx), *first.shape[1:])
     for rows, t in parts:
-        total.index_add_(0, pos[rows], t)
+        total.index_add_(0, torch.tensor([pos[i] for i in rows], device=t.device), t)
     return idx, total
 
 
