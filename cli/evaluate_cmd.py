@@ -1,0 +1,73 @@
+"""`routespace evaluate RUN`: mIoU, realised GFLOPs and latency of a trained run on its validation split."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# Printed in this order (when present), with labels; everything else is in --json.
+_ROWS = [
+    ("miou", "mIoU", "{:.4f}"),
+    ("pixel_accuracy", "pixel accuracy", "{:.4f}"),
+    ("gflops", "GFLOPs (total)", "{:.4f}"),
+    ("gflops_mean", "GFLOPs realised, mean (total)", "{:.4f}"),
+    ("gflops_min", "GFLOPs realised, min (total)", "{:.4f}"),
+    ("gflops_max", "GFLOPs realised, max (total)", "{:.4f}"),
+    ("gflops_std", "GFLOPs realised, std (total)", "{:.4f}"),
+    ("gflops_all_open", "GFLOPs all open + gates (total)", "{:.4f}"),
+    ("body_gflops_mean", "body GFLOPs realised, mean", "{:.4f}"),
+    ("body_gflops_all_open", "body GFLOPs all open", "{:.4f}"),
+    ("gate_entropy_mean", "gate entropy, mean (bits)", "{:.4f}"),
+    ("edges_varying_fraction", "gates varying across images", "{:.3f}"),
+    ("params_m", "params (M)", "{:.4f}"),
+    ("latency_ms", "latency, ms (batch 1, median)", "{:.2f}"),
+    ("latency_ms_all_open", "latency all open, ms (dense forward)", "{:.2f}"),
+]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a trained run on its validation split (mIoU, GFLOPs, latency)")
+    p.add_argument("run", metavar="RUN", help="run folder written by `routespace train`")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--data", default=None, help="data set to validate on (default: the run's, val split)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file to load (default: RUN/checkpoints/final.pt)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    p.add_argument("--latency-repeats", type=int, default=10, help="timed passes over the latency images (0 = skip latency)")
+    p.add_argument("--latency-images", type=int, default=4, help="validation images timed at batch 1")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..spaces.errors import RoutespaceError
+
+    if args.batch_size < 1 or args.latency_repeats < 0 or args.latency_images < 1:
+        raise RoutespaceError("--batch-size and --latency-images must be >= 1, --latency-repeats >= 0")
+    import torch
+
+    from ..evaluators.datasets import load_dataset
+    from ..evaluators.evaluate import evaluate, load_run_model
+    from ..spaces.fileio import write_json_atomic
+
+    model, manifest, state = load_run_model(args.run, args.checkpoint)
+    cli = manifest.get("extra", {}).get("cli", {})
+    data = args.data or cli.get("data") or "synthetic"
+    size = tuple(cli["size"]) if cli.get("size") else None
+    val_set = load_dataset(data, "val", size=size)
+    result = evaluate(model, val_set, batch_size=args.batch_size, device=args.device,
+                      latency_repeats=args.latency_repeats, latency_images=args.latency_images)
+    result.update(run=str(args.run), kind=manifest.get("kind"), data=data, step=int(state["step"]))
+    if cli.get("budget"):
+        result["budget"] = cli["budget"]
+    if not args.checkpoint:
+        write_json_atomic(Path(args.run) / "evaluation.json", result)
+    if args.json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+        return 0
+    h, w = result["size"]
+    print(f"{manifest.get('kind')} net from {args.run} (step {result['step']}), {data} val: {result['images']} images at {h}x{w}, "
+          f"{result['device']}, {torch.get_num_threads()} torch threads")
+    for key, label, fmt in _ROWS:
+        if result.get(key) is not None:
+            print(f"  {label:40s} {fmt.format(result[key])}")
+    return 0

@@ -1,0 +1,222 @@
+"""`routespace train`: train the dynamic-routing supernet (or, with --arch, a static net) into a run folder."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+from pathlib import Path
+
+from ..spaces.errors import RoutespaceError
+
+DEFAULT_MU = 0.2
+DEFAULT_LAMBDA = 0.5
+DEFAULT_WARMUP = 0.4
+DEFAULT_RAMP = 0.2
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a dynamic-routing net under a FLOPs budget (or a static net with --arch)",
+        description="Train the dynamic-routing supernet of a space preset under a body-FLOPs budget "
+        "(budget loss lambda*(E[body FLOPs]/all-open body FLOPs - mu)^2, off for the first warm-up fraction "
+        "of training, then ramped up). Settings not given when resuming are taken from the run folder.",
+    )
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder (created; holds manifest, history, checkpoints)")
+    p.add_argument("--preset", choices=("tiny", "paper"), default=None, help="space preset and its training defaults (default tiny)")
+    p.add_argument("--arch", default=None, metavar="SPEC",
+                   help="train a static net instead: an architecture spec JSON file or a classic name (e.g. unet)")
+    b = p.add_argument_group("budget (dynamic net)")
+    b.add_argument("--budget-mu", type=float, default=None, help=f"target body FLOPs as a fraction of the all-open body, in (0, 1] (default {DEFAULT_MU})")
+    b.add_argument("--budget-gflops", type=float, default=None, metavar="G",
+                   help="target total GFLOPs at the training size, converted to mu (stem, decoder and gates counted at their all-open cost)")
+    b.add_argument("--budget-lambda", type=float, default=None, help=f"weight of the budget loss (default {DEFAULT_LAMBDA})")
+    b.add_argument("--budget-warmup", type=float, default=None, help=f"fraction of training before the budget loss starts (default {DEFAULT_WARMUP})")
+    b.add_argument("--budget-ramp", type=float, default=None, help=f"fraction of training over which it ramps to full lambda (default {DEFAULT_RAMP})")
+    b.add_argument("--no-budget", action="store_true", help="train without the budget loss")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", default=None, help="synthetic (default), synthetic:small, synthetic:large, cityscapes:PATH or voc:PATH")
+    d.add_argument("--size", default=None, help="training crop HxW, multiples of 32 (default: the preset's input size)")
+    t = p.add_argument_group("optimisation (defaults from the preset)")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None, help="images per step and process")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
+    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--warmup-steps", type=int, default=None)
+    t.add_argument("--grad-clip", type=float, default=None, help="max gradient norm, 0 = off")
+    t.add_argument("--gate-lr-mult", type=float, default=None, help="lr multiplier for the gate heads")
+    t.add_argument("--drop-path", type=float, default=None, help="final scheduled drop-path rate on the cell branch")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: about 20 per run)")
+    t.add_argument("--num-workers", type=int, default=None, help="data loader worker processes (default 0)")
+    t.add_argument("--device", default=None, help="auto (default), cpu, cuda")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.set_defaults(func=run)
+
+
+_CONFIG_FLAGS = ("steps", "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "grad_clip", "gate_lr_mult",
+                 "drop_path", "seed", "checkpoint_every", "num_workers", "device")
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flag combinations and ranges, checked before anything is read or written."""
+    from ..evaluators.schedule import check_mu
+
+    budget_given = [f for f in ("budget_mu", "budget_gflops", "budget_lambda", "budget_warmup", "budget_ramp")
+                    if getattr(args, f) is not None]
+    if args.no_budget and budget_given:
+        raise RoutespaceError(f"--no-budget conflicts with --{budget_given[0].replace('_', '-')}: give one or the other")
+    if args.arch and (budget_given or args.no_budget):
+        raise RoutespaceError("budget flags apply to the dynamic net only: leave them out with --arch")
+    if args.budget_mu is not None and args.budget_gflops is not None:
+        raise RoutespaceError("give either --budget-mu or --budget-gflops, not both")
+    if args.budget_mu is not None:
+        check_mu(args.budget_mu)
+    if args.budget_gflops is not None and not args.budget_gflops > 0:
+        raise RoutespaceError(f"--budget-gflops must be positive, got {args.budget_gflops}")
+    if args.budget_lambda is not None and not args.budget_lambda >= 0:
+        raise RoutespaceError(f"--budget-lambda must be >= 0, got {args.budget_lambda}")
+    for flag in ("budget_warmup", "budget_ramp"):
+        v = getattr(args, flag)
+        if v is not None and not 0 <= v <= 1:
+            raise RoutespaceError(f"--{flag.replace('_', '-')} is a fraction of training in [0, 1], got {v}")
+
+
+def _previous(args: argparse.Namespace) -> dict:
+    """The settings of the run being resumed (empty for a new run)."""
+    from ..evaluators.runfolder import read_manifest
+
+    if not args.resume:
+        return {}
+    out = Path(args.out)
+    manifest = read_manifest(out) if out.is_dir() else None
+    if manifest is None:
+        raise RoutespaceError(f"nothing to resume in {out}: no run manifest there (start the run without --resume)")
+    cli = dict(manifest.get("extra", {}).get("cli", {}))
+    cli["config"] = manifest.get("config", {})
+    return cli
+
+
+def _pick(explicit, previous, default):
+    return explicit if explicit is not None else (previous if previous is not None else default)
+
+
+def _budget(args: argparse.Namespace, prev: dict, space, size) -> dict | None:
+    from ..evaluators.schedule import mu_for_gflops
+
+    if args.arch or prev.get("arch"):
+        return None
+    old = prev.get("budget", "unset")
+    explicit = any(getattr(args, f) is not None for f in ("budget_mu", "budget_gflops", "budget_lambda", "budget_warmup", "budget_ramp"))
+    if args.no_budget or (old is None and not explicit):
+        return None
+    old = old if isinstance(old, dict) else {}
+    gflops = args.budget_gflops if args.budget_mu is None else None
+    if args.budget_mu is None and args.budget_gflops is None:
+        gflops = old.get("gflops")
+    mu = mu_for_gflops(space, size, gflops) if gflops is not None else _pick(args.budget_mu, old.get("mu"), DEFAULT_MU)
+    return {
+        "mu": mu,
+        "gflops": gflops,
+        "lambda": _pick(args.budget_lambda, old.get("lambda"), DEFAULT_LAMBDA),
+        "warmup": _pick(args.budget_warmup, old.get("warmup"), DEFAULT_WARMUP),
+        "ramp": _pick(args.budget_ramp, old.get("ramp"), DEFAULT_RAMP),
+    }
+
+
+def _load_arch(text: str, space):
+    from ..spaces.architecture import load_architecture
+    from ..spaces.classics import CLASSICS, classic
+
+    if text in CLASSICS:
+        return classic(text, space)
+    if not Path(text).is_file():
+        raise RoutespaceError(f"--arch {text!r} is neither a spec file nor a classic ({', '.join(CLASSICS)})")
+    arch = load_architecture(text)
+    if arch.space.num_classes != space.num_classes:
+        raise RoutespaceError(
+            f"spec {text} predicts {arch.space.num_classes} classes but the data set has {space.num_classes}"
+        )
+    return arch
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_flags(args)
+    import torch
+
+    from ..evaluators.datasets import load_dataset
+    from ..evaluators.schedule import BudgetLoss
+    from ..evaluators.train import fit, preset_config
+    from ..spaces.architecture import Architecture
+    from ..spaces.space import parse_size, preset
+
+    prev = _previous(args)
+    preset_name = _pick(args.preset, prev.get("preset"), "tiny")
+    space = preset(preset_name)
+    data = _pick(args.data, prev.get("data"), "synthetic")
+    size = parse_size(args.size) if args.size else tuple(prev.get("size") or space.input_size)
+    train_set = load_dataset(data, "train", size=size)
+    load_dataset(data, "val", size=size)  # a missing val split should fail now, not after training
+    classes = getattr(train_set, "num_classes", space.num_classes)
+    if classes != space.num_classes:
+        space = dataclasses.replace(space, num_classes=classes)
+    arch_text = args.arch
+    arch = None
+    if arch_text is None and prev.get("arch"):
+        arch = Architecture.from_dict(prev["arch"])
+    elif arch_text is not None:
+        arch = _load_arch(arch_text, space)
+    budget = _budget(args, prev, space, size)
+
+    prev_cfg = prev.get("config", {})
+    overrides = {f: _pick(getattr(args, f), prev_cfg.get(f), None) for f in _CONFIG_FLAGS}
+    config = preset_config(preset_name, **overrides)
+    if args.checkpoint_every is None and "checkpoint_every" not in prev_cfg:
+        config = dataclasses.replace(config, checkpoint_every=max(1, config.steps // 20))
+
+    torch.manual_seed(config.seed)
+    if arch is not None:
+        from ..spaces.builder import build
+
+        model = build(arch)
+        kind, spec = "static", {"architecture": arch.to_dict()}
+    else:
+        from ..spaces.supernet import DynamicNet
+
+        model = DynamicNet(space)
+        kind, spec = "dynamic", {"space": space.to_dict()}
+    extra_loss = None
+    if budget is not None:
+        from ..spaces.supernet import body_flops_all_open
+
+        extra_loss = BudgetLoss(body_flops_all_open(space, size), budget["mu"], budget["lambda"], budget["warmup"], budget["ramp"])
+    cli = {"preset": preset_name, "data": data, "size": list(size), "budget": budget,
+           "arch": arch.to_dict() if arch is not None else None}
+    meta = {
+        "kind": kind, "spec": spec, "extra": {"cli": cli},
+        "command": shlex.join(["routespace", "train", *_argv(args)]),
+        "resume_command": shlex.join(["routespace", "train", "--out", str(args.out), "--resume"]),
+    }
+    result = fit(model, train_set, config, out_dir=args.out, extra_loss=extra_loss, resume=args.resume, meta=meta)
+    what = f"static net {arch.name or 'spec'}" if arch is not None else f"dynamic net ({preset_name})"
+    btxt = "no budget" if budget is None else f"budget mu {budget['mu']:.3g} lambda {budget['lambda']:g}"
+    if arch is not None:
+        btxt = "static"
+    ran = result.steps - result.start_step
+    print(f"trained {what}, {btxt}: steps {result.start_step}->{result.steps} in {result.seconds:.1f} s "
+          f"({result.seconds_per_step:.3f} s/step, {result.device}, {result.world_size} process(es)); final loss {result.final_loss:.4f}"
+          if ran else f"run {args.out} was already complete ({result.steps} steps)")
+    print(f"run folder: {args.out}  (final checkpoint {result.checkpoint})")
+    print(f"next: routespace evaluate {shlex.quote(str(args.out))}")
+    return 0
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    import sys
+
+    try:
+        i = sys.argv.index("train")
+        return sys.argv[i + 1:]
+    except ValueError:
+        return ["--out", str(args.out)]

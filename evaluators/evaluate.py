@@ -1,0 +1,212 @@
+"""Validation of a trained net: mIoU, and for dynamic nets what really ran per image and how long it took.
+
+For a dynamic net (a model with ``forward_skipping``) every validation image goes through the
+skipping executor, so the mIoU is that of the computation that is really run, and the realised FLOPs
+come per image from what ran. Latency is measured in the same call, batch 1, on the same images:
+``latency_ms`` times ``forward_skipping``; ``latency_ms_all_open`` times the dense ``forward``, which
+computes every cell and edge (the all-open net with its gates). Both are medians over repeats, with the
+number of torch threads stated. FLOPs use the paper convention (a multiply-add is one FLOP).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .metrics import ConfusionMatrix
+from .train import logits_of, resolve_device
+
+
+def binary_entropy_bits(g: torch.Tensor) -> torch.Tensor:
+    """Entropy in bits of an on/off decision taken with probability ``g`` (0 at g in {0, 1})."""
+    g = g.double().clamp(0.0, 1.0)
+    ent = torch.zeros_like(g)
+    inside = (g > 0) & (g < 1)
+    p = g[inside]
+    ent[inside] = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+    return ent
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def median_latency_ms(fn, images: list[torch.Tensor], repeats: int, device: torch.device, warmup: int = 2) -> float:
+    """Median wall-clock milliseconds of ``fn(image)`` over ``repeats`` passes over ``images`` (batch 1)."""
+    for _ in range(warmup):
+        for x in images:
+            fn(x)
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        for x in images:
+            t0 = time.perf_counter()
+            fn(x)
+            _sync(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _num_classes(model: nn.Module, val_set: Any) -> int | None:
+    for source in (val_set, getattr(model, "space", None), getattr(getattr(model, "arch", None), "space", None)):
+        n = getattr(source, "num_classes", None)
+        if isinstance(n, int):
+            return n
+    return None
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    val_set: torch.utils.data.Dataset,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    latency_repeats: int = 10,
+    latency_images: int = 4,
+    num_workers: int = 0,
+) -> dict:
+    """Evaluate ``model`` on ``val_set``; a JSON-ready dict.
+
+    Always: ``miou``, ``pixel_accuracy``, ``images``, ``size`` [H, W], ``device``, ``torch_threads``,
+    ``latency_ms`` (batch 1 median; ``latency_repeats=0`` skips latency). Static nets with an ``arch``:
+    ``gflops``, ``params_m``. Dynamic nets: ``gflops_mean/min/max/std`` (realised, total per image),
+    ``body_gflops_mean/min/max``, ``body_gflops_all_open``, ``gflops_all_open`` (all open, with gates,
+    from ``space_cost``), ``latency_ms_all_open``, ``gate_entropy_mean`` (bits per gate, 0 = decisive),
+    ``edges_varying_fraction`` (gates open for some images and closed for others), ``per_image_gflops``.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    model = model.to(dev).eval()
+    dynamic = hasattr(model, "forward_skipping")
+    loader = torch.utils.data.DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    classes = _num_classes(model, val_set)
+    cm = None
+    flops, body = [], []
+    entropy_sum, entropy_count = 0.0, 0
+    ever_open: dict = {}
+    ever_closed: dict = {}
+    size = None
+    latency_inputs: list[torch.Tensor] = []
+    for images, labels in loader:
+        images, labels = images.to(dev), labels.to(dev)
+        size = list(images.shape[-2:])
+        if len(latency_inputs) < latency_images:
+            latency_inputs.extend(images[i:i + 1] for i in range(min(latency_images - len(latency_inputs), len(images))))
+        out = model.forward_skipping(images) if dynamic else model(images)
+        logits = logits_of(out)
+        if cm is None:
+            cm = ConfusionMatrix(classes or logits.shape[1])
+        cm.update(logits.argmax(1), labels)
+        if dynamic:
+            flops.append(out.realised_flops.detach().double().cpu())
+            body.append(out.realised_body_flops.detach().double().cpu())
+            for key, g in out.edge_gates.items():
+                g = g.detach().double().cpu()
+                ent = binary_entropy_bits(g)
+                entropy_sum += float(ent.sum())
+                entropy_count += ent.numel()
+                ever_open[key] = ever_open.get(key, False) or bool((g > 0).any())
+                ever_closed[key] = ever_closed.get(key, False) or bool((g <= 0).any())
+    if cm is None:
+        raise ValueError("the validation set is empty")
+    summary = cm.summary()
+    result: dict[str, Any] = {
+        "miou": summary["miou"],
+        "pixel_accuracy": summary["pixel_accuracy"],
+        "iou": summary["iou"],
+        "images": len(val_set),
+        "size": size,
+        "device": str(dev),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if dynamic:
+        result.update(_dynamic_figures(model, size, torch.cat(flops), torch.cat(body)))
+        result["gate_entropy_mean"] = entropy_sum / entropy_count if entropy_count else math.nan
+        result["edges_varying_fraction"] = (
+            sum(ever_open[k] and ever_closed[k] for k in ever_open) / len(ever_open) if ever_open else math.nan
+        )
+    elif hasattr(model, "arch"):
+        from .cost import architecture_cost
+
+        report = architecture_cost(model.arch, tuple(size))
+        result.update(gflops=report.gflops, params_m=report.params_m)
+    if latency_repeats > 0:
+        fn = model.forward_skipping if dynamic else model
+        result["latency_ms"] = median_latency_ms(fn, latency_inputs, latency_repeats, dev)
+        if dynamic:
+            result["latency_ms_all_open"] = median_latency_ms(model, latency_inputs, latency_repeats, dev)
+        result["latency_batch"] = 1
+        result["latency_images"] = len(latency_inputs)
+        result["latency_repeats"] = latency_repeats
+    return result
+
+
+def _dynamic_figures(model: nn.Module, size: list[int], flops: torch.Tensor, body: torch.Tensor) -> dict:
+    from routespace.spaces.supernet import body_flops_all_open
+
+    from .cost import space_cost
+
+    all_open = space_cost(model.space, tuple(size), "paper", gates=True)
+    gf, bgf = flops / 1e9, body / 1e9
+    return {
+        "gflops_mean": float(gf.mean()),
+        "gflops_min": float(gf.min()),
+        "gflops_max": float(gf.max()),
+        "gflops_std": float(gf.std(unbiased=False)),
+        "body_gflops_mean": float(bgf.mean()),
+        "body_gflops_min": float(bgf.min()),
+        "body_gflops_max": float(bgf.max()),
+        "body_gflops_all_open": body_flops_all_open(model.space, tuple(size)) / 1e9,
+        "gflops_all_open": all_open.gflops,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "per_image_gflops": [float(v) for v in gf],
+    }
+
+
+def load_run_model(run, checkpoint=None) -> tuple[nn.Module, dict, dict]:
+    """Rebuild a run's model and load its final checkpoint (or ``checkpoint``): (model, manifest, state).
+
+    Works for runs of kind 'dynamic' (spec: the space) and 'static' (spec: the architecture)."""
+    from pathlib import Path
+
+    from routespace.spaces.errors import RoutespaceError
+
+    from . import runfolder
+    from .checkpoint import load_checkpoint, load_model_state
+
+    run = Path(run)
+    manifest = runfolder.read_manifest(run) if run.is_dir() else None
+    if manifest is None:
+        raise RoutespaceError(f"{run} is not a training run folder (no {runfolder.MANIFEST}): give the --out folder of `routespace train`")
+    path = Path(checkpoint) if checkpoint else runfolder.final_checkpoint_path(run)
+    if not path.is_file():
+        raise RoutespaceError(
+            f"run {run} has no final checkpoint (status {manifest.get('status')} at step {manifest.get('step')}): "
+            f"finish it first with: routespace train --out {run} --resume"
+        )
+    state = load_checkpoint(path)
+    model = build_model(manifest.get("kind"), manifest.get("spec") or {}, run)
+    load_model_state(model, state["model"], path)
+    return model, manifest, state
+
+
+def build_model(kind: str | None, spec: dict, source="run") -> nn.Module:
+    """An untrained model of a run's ``kind`` from its manifest ``spec``."""
+    from routespace.spaces.errors import RoutespaceError
+
+    if kind == "dynamic":
+        from routespace.spaces.space import RoutingSpace
+        from routespace.spaces.supernet import DynamicNet
+
+        return DynamicNet(RoutingSpace.from_dict(spec.get("space")))
+    if kind == "static":
+        from routespace.spaces.architecture import Architecture
+        from routespace.spaces.builder import build
+
+        return build(Architecture.from_dict(spec.get("architecture")))
+    raise RoutespaceError(f"{source} holds a model of kind {kind!r}, which routespace cannot rebuild (only dynamic and static)")
