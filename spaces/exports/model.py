@@ -63,7 +63,8 @@ def save_torchscript(net: StaticNet, path: str | Path, size: tuple[int, int] | N
     from ..fileio import atomic_path
 
     traced = trace(net, size)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.save deprecation notice
         torch.jit.save(traced, str(tmp))
 
 

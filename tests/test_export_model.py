@@ -1,0 +1,162 @@
+"""Model exports: TorchScript and ONNX run without routespace (plain torch / onnxruntime) and match eager;
+the state dict loads with weights_only=True and rebuilds the same net."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from routespace.spaces.builder import build
+from routespace.spaces.classics import classic
+from routespace.spaces.errors import RoutespaceError
+from routespace.spaces.exports import ONNX_OPSET, export, load_state_dict
+from routespace.spaces.exports.model import state_dict_payload
+from routespace.spaces.random_arch import random_architecture
+from routespace.spaces.space import preset
+
+SIZES = [(64, 64), (96, 128)]
+
+
+def _net(arch, seed=0):
+    """A built net with random weights and random BN statistics, so eval-mode BN is not an identity."""
+    torch.manual_seed(seed)
+    net = build(arch)
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Two nets (HRNetV2 with up/down exchange; a random subgraph with res2net/basic cells), exported to
+    TorchScript and ONNX, with inputs and eager outputs at two sizes saved as .npy."""
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("models")
+    archs = {
+        "hrnetv2": classic("hrnetv2", preset("tiny")),
+        "random": random_architecture(preset("tiny"), 11, p=0.5, cell_choices=["sepconv", "res2net", "basic"]),
+    }
+    cases = []
+    for name, arch in archs.items():
+        net = _net(arch)
+        export(net, "torchscript", root / f"{name}.pt")
+        export(net, "onnx", root / f"{name}.onnx")
+        for k, (h, w) in enumerate(SIZES):
+            x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(k))
+            with torch.no_grad():
+                y = net(x)
+            assert y.shape == (2, arch.space.num_classes, h, w)
+            np.save(root / f"{name}_x{k}.npy", x.numpy())
+            np.save(root / f"{name}_y{k}.npy", y.numpy())
+            cases.append((name, k))
+    return root, cases
+
+
+RUNNER = textwrap.dedent(
+    """
+    import json, sys
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "routespace" or name.startswith("routespace."):
+                raise ImportError("routespace is blocked in this check")
+    sys.meta_path.insert(0, _Block())
+    try:
+        import routespace
+        print(json.dumps({"error": "routespace importable"})); sys.exit(3)
+    except ImportError:
+        pass
+    import numpy as np, onnx, onnxruntime as ort, torch
+    root, cases = sys.argv[1], json.loads(sys.argv[2])
+    out = {"ts": [], "onnx": [], "opset": {}, "dims": {}}
+    for name, k in cases:
+        x, y = np.load(f"{root}/{name}_x{k}.npy"), np.load(f"{root}/{name}_y{k}.npy")
+        ts = torch.jit.load(f"{root}/{name}.pt")
+        with torch.no_grad():
+            out["ts"].append(float(np.abs(ts(torch.from_numpy(x)).numpy() - y).max()))
+        sess = ort.InferenceSession(f"{root}/{name}.onnx", providers=["CPUExecutionProvider"])
+        (res,) = sess.run(["logits"], {"image": x})
+        out["onnx"].append(float(np.abs(res - y).max()) if res.shape == y.shape else 1e9)
+        model = onnx.load(f"{root}/{name}.onnx")
+        out["opset"][name] = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")][0]
+        out["dims"][name] = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    out["routespace_loaded"] = any(m.startswith("routespace") for m in sys.modules)
+    print(json.dumps(out))
+    """
+)
+
+
+def test_torchscript_and_onnx_run_without_routespace(exported, tmp_path):
+    root, cases = exported
+    script = tmp_path / "run_exports.py"
+    script.write_text(RUNNER)
+    proc = subprocess.run(
+        [sys.executable, "-I", str(script), str(root), json.dumps(cases)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not out["routespace_loaded"]
+    assert len(out["ts"]) == len(cases) == 4
+    assert max(out["ts"]) <= 1e-5, out["ts"]
+    assert max(out["onnx"]) <= 1e-4, out["onnx"]
+    assert set(out["opset"].values()) == {ONNX_OPSET}
+    for dims in out["dims"].values():  # symbolic batch, H and W; 3 channels fixed
+        assert dims == ["N", 3, "H", "W"]
+
+
+def test_blocker_really_blocks(tmp_path):
+    """The check above would be meaningless if routespace could still be imported under the hook."""
+    code = RUNNER.split("import numpy")[0] + "print('blocked')\n"
+    proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "blocked"
+    probe = subprocess.run([sys.executable, "-I", "-c", "import routespace.spaces; print('ok')"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "ok"  # without the hook it is importable, so the hook is what blocks it
+
+
+def test_state_dict_export_round_trip(tmp_path):
+    arch = random_architecture(preset("tiny"), 5, p=0.4, cell_choices=["sepconv", "basic"], name="sd")
+    net = _net(arch, seed=3)
+    path = tmp_path / "net.pt"
+    export(net, "state_dict", path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "routespace.state_dict" and isinstance(payload["spec"], str)
+    assert json.loads(payload["spec"])["format"] == "routespace.architecture"
+    back = load_state_dict(path)
+    assert back.arch == arch and back.arch.name == "sd"
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert torch.equal(back(x), net(x))
+    assert set(state_dict_payload(net)["state_dict"]) == set(net.state_dict())
+
+
+def test_state_dict_mismatch_and_garbage_are_user_errors(tmp_path):
+    net = _net(classic("fcn32s", preset("tiny")))
+    payload = state_dict_payload(net)
+    payload["spec"] = classic("unet", preset("tiny")).to_json()
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    with pytest.raises(RoutespaceError, match="do not match"):
+        load_state_dict(bad)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(RoutespaceError, match="not a routespace state dict"):
+        load_state_dict(junk)
+
+
+def test_export_from_architecture_is_seeded(tmp_path):
+    arch = classic("deeplabv3", preset("tiny"))
+    export(arch, "state_dict", tmp_path / "a.pt", seed=4)
+    export(arch, "state_dict", tmp_path / "b.pt", seed=4)
+    a, b = (torch.load(tmp_path / f, weights_only=True)["state_dict"] for f in ("a.pt", "b.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
