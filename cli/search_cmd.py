@@ -1,0 +1,178 @@
+"""`routespace search`: search the routing space under an architecture budget and a search budget."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..spaces.errors import RoutespaceError
+
+STRATEGY_NAMES = ("tpe", "nsga2", "random", "nni-evolution", "nni-darts")
+# Settings that define a study; with --resume they default to the stored ones.
+IDENTITY_ARGS = ("preset", "space", "strategy", "max_gflops", "max_params_m", "max_latency_ms", "size", "cells",
+                 "seed", "evaluator", "data", "proxy_steps", "proxy_batch", "proxy_val_images", "sim_steps",
+                 "sim_step_seconds", "strategy_option")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "search",
+        help="search for the best architecture under a compute budget (Optuna TPE/NSGA-II/random, NNI evolution, DARTS)",
+        description="Search the routing space. Over-budget candidates are rejected analytically, never trained. "
+        "Best specs (or the Pareto front for nsga2) go to OUT/best or OUT/pareto, with OUT/summary.json.",
+    )
+    p.add_argument("--preset", default=None, help="space preset: tiny (CPU) or paper (default tiny)")
+    p.add_argument("--space", default=None, choices=("path", "subgraph"),
+                   help="encoding: path (a scale per layer) or subgraph (edges on/off, repaired); default path")
+    p.add_argument("--cells", default=None,
+                   help="comma-separated cell types to choose from per node (e.g. sepconv,basic); default: the space's cell")
+    p.add_argument("--strategy", default=None, metavar="NAME", help=f"one of {', '.join(STRATEGY_NAMES)} (default tpe)")
+    p.add_argument("--strategy-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="strategy setting, e.g. population_size=8 (repeatable)")
+    p.add_argument("--max-gflops", type=float, default=None, help="hard limit on GFLOPs at the input size")
+    p.add_argument("--max-params-m", type=float, default=None, help="hard limit on parameters, millions")
+    p.add_argument("--max-latency-ms", type=float, default=None,
+                   help="hard limit on measured CPU latency (batch 1, 1 thread), ms")
+    p.add_argument("--size", default=None, help="input HxW for costs and latency (default: the space's)")
+    p.add_argument("--trials", type=int, default=None, help="completed trials to reach (default 20)")
+    p.add_argument("--timeout", type=float, default=None, help="no new trial starts after this many seconds")
+    p.add_argument("--max-train-steps", type=int, default=None, help="total training steps over the study")
+    p.add_argument("--storage", default=None,
+                   help="sqlite:///PATH (default OUT/study.db), journal:PATH (several local processes) "
+                   "or postgresql://USER@HOST:PORT/DB (many machines)")
+    p.add_argument("--study", default=None, help="study name (default PRESET-SPACE-STRATEGY)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--out", required=True, help="output folder for specs, summary and the default storage")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an existing study; its stored settings are used for what is not given")
+    p.add_argument("--seed", type=int, default=None, help="seed of samplers and proxy training (default 0)")
+    p.add_argument("--evaluator", default=None, choices=("proxy", "synthetic"),
+                   help="proxy: short training + val mIoU (default); synthetic: closed-form stand-in for "
+                   "testing the machinery, no training")
+    p.add_argument("--data", default=None, help="proxy data set: synthetic (default), cityscapes:PATH, voc:PATH")
+    p.add_argument("--proxy-steps", type=int, default=None, help="proxy training steps per trial (default 200)")
+    p.add_argument("--proxy-batch", type=int, default=None, help="proxy batch size (default 8)")
+    p.add_argument("--proxy-val-images", type=int, default=None, help="validation images for mIoU (default 64)")
+    p.add_argument("--sim-steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--sim-step-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval, s (default 10)")
+    p.add_argument("--grace", type=int, default=None, help="a trial without heartbeat this long is retried (default 3x)")
+    p.add_argument("--top-k", type=int, default=5, help="best specs to export (default 5)")
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _option_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _strategy_options(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RoutespaceError(f"--strategy-option {item!r}: write KEY=VALUE, e.g. population_size=8")
+        out[key.strip()] = _option_value(value.strip())
+    return out
+
+
+def build_config(args: argparse.Namespace, base=None):
+    """The SearchConfig from the flags; with ``base`` (a stored config) unset flags keep its values."""
+    from ..search.budget import ArchBudget, SearchBudget
+    from ..search.config import SearchConfig
+    from ..spaces.space import parse_size, preset
+
+    def pick(value, stored, default):
+        if value is not None:
+            return value
+        return stored if base is not None else default
+
+    b = base
+    if args.preset is not None or b is None:
+        space = preset(args.preset or "tiny")
+    else:
+        space = b.space
+    ab = b.arch_budget if b else ArchBudget()
+    size = parse_size(args.size) if args.size else (ab.size if b else None)
+    arch_budget = ArchBudget(
+        max_gflops=pick(args.max_gflops, ab.max_gflops, None),
+        max_params_m=pick(args.max_params_m, ab.max_params_m, None),
+        max_latency_ms=pick(args.max_latency_ms, ab.max_latency_ms, None),
+        size=size,
+    )
+    sb = b.search_budget if b else SearchBudget()
+    search_budget = SearchBudget(
+        trials=pick(args.trials, sb.trials, 20),
+        timeout_s=args.timeout,
+        max_train_steps=pick(args.max_train_steps, sb.max_train_steps, None),
+    )
+    stored_eval = dict(b.evaluator) if b else {}
+    kind = pick(args.evaluator, stored_eval.get("kind"), "proxy")
+    if kind == "synthetic":
+        evaluator = {"kind": "synthetic",
+                     "steps": pick(args.sim_steps, stored_eval.get("steps", 0), 0),
+                     "step_seconds": pick(args.sim_step_seconds, stored_eval.get("step_seconds", 0.0), 0.0)}
+    else:
+        evaluator = {"kind": "proxy",
+                     "data": pick(args.data, stored_eval.get("data", "synthetic"), "synthetic"),
+                     "steps": pick(args.proxy_steps, stored_eval.get("steps", 200), 200),
+                     "batch_size": pick(args.proxy_batch, stored_eval.get("batch_size", 8), 8),
+                     "val_images": pick(args.proxy_val_images, stored_eval.get("val_images", 64), 64)}
+    cells = tuple(c.strip() for c in args.cells.split(",") if c.strip()) if args.cells else (b.cells if b else ())
+    options = _strategy_options(args.strategy_option) if args.strategy_option else (b.strategy_options if b else {})
+    return SearchConfig(
+        space=space,
+        encoding=pick(args.space, b.encoding if b else None, "path"),
+        cells=cells,
+        strategy=pick(args.strategy, b.strategy if b else None, "tpe"),
+        strategy_options=options,
+        arch_budget=arch_budget,
+        search_budget=search_budget,
+        evaluator=evaluator,
+        seed=pick(args.seed, b.seed if b else None, 0),
+        study=args.study or (b.study if b else ""),
+        storage=args.storage or (b.storage if b else ""),
+        heartbeat_interval=args.heartbeat,
+        grace_period=args.grace,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import warnings
+    from pathlib import Path
+
+    import optuna
+
+    from ..search.engine import stored_config
+    from ..search.export import summary_line
+    from ..search.run import default_storage, run_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if args.strategy is not None and args.strategy not in STRATEGY_NAMES:
+        raise RoutespaceError(f"unknown strategy {args.strategy!r}: choose one of {', '.join(STRATEGY_NAMES)}")
+    base = None
+    if args.resume:
+        url = args.storage or default_storage(args.out)
+        name = args.study
+        if name is None:
+            fresh = build_config(args)
+            name = fresh.study
+        base = stored_config(url, name, args.heartbeat).with_(storage=url, study=name)
+    config = build_config(args, base)
+    if args.worker_index:
+        from ..search.run import run_worker
+
+        session = run_worker(config.with_(storage=config.storage or default_storage(args.out)),
+                             worker_index=args.worker_index)
+        print(f"worker {args.worker_index}: {session.evaluated} evaluated, {session.rejected} rejected; {session.stop_message}")
+        return 0
+    outcome = run_search(config, args.out, resume=args.resume, workers=args.workers,
+                         progress=not args.no_progress, top_k=args.top_k)
+    print(f"routespace search: {outcome.stop_reason}")
+    print(summary_line(outcome.summary))
+    print(f"summary: {Path(args.out) / 'summary.json'}")
+    return 0

@@ -1,0 +1,235 @@
+"""Optuna storages chosen by URL, all with a heartbeat so that a killed worker's trial is failed and retried.
+
+- ``sqlite:///PATH`` (the default, a file in the output folder): Optuna's RDB storage.
+- ``postgresql://user@host:port/db`` (many machines): RDB storage through psycopg 3 (the URL is
+  rewritten to ``postgresql+psycopg://``).
+- ``journal:PATH`` or any path ending in ``.log`` (several local processes): Optuna's JournalFile
+  storage. It has no heartbeat of its own, so :class:`HeartbeatJournalStorage` adds one: each running
+  trial carries a wall-clock timestamp in its system attribute ``routespace:heartbeat``, renewed every
+  interval, and ``_get_stale_trial_ids`` reports RUNNING trials whose timestamp (or, before the first
+  beat, whose start) is older than the grace period. Optuna's own ``fail_stale_trials`` and
+  ``RetryHeartbeatStaleTrialCallback`` then work on it exactly as on the RDB storage.
+
+Optuna's heartbeat is only driven by ``study.optimize``; routespace runs trials with ask/tell, so
+:class:`Heartbeat` (used by the engine) beats and :func:`fail_stale` is called before every trial.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import warnings
+from typing import Any
+
+from ..spaces.errors import RoutespaceError
+
+HEARTBEAT_ATTR = "routespace:heartbeat"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe to print)."""
+    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", str(url))
+
+
+def _journal_storage_class():
+    import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat  # pinned: optuna 4.x/5.0 layout
+
+    class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
+        """JournalStorage with a heartbeat kept in each running trial's system attributes."""
+
+        def __init__(self, backend, heartbeat_interval: int, grace_period: int, callback=None) -> None:
+            super().__init__(backend)
+            self.heartbeat_interval = heartbeat_interval
+            self.grace_period = grace_period
+            self._stale_callback = callback
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            now = time.time()
+            stale = []
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                beat = t.system_attrs.get(HEARTBEAT_ATTR)
+                if beat is None and t.datetime_start is not None:
+                    beat = t.datetime_start.timestamp()
+                if beat is not None and now - float(beat) > self.grace_period:
+                    stale.append(t._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int | None:
+            return self.heartbeat_interval
+
+        def get_heartbeat_stale_trial_callback(self):
+            return self._stale_callback
+
+        def get_failed_trial_callback(self):  # the pre-5.0 name
+            return self._stale_callback
+
+        def __getstate__(self):  # never pickled with its lock
+            raise TypeError("HeartbeatJournalStorage is not picklable: open it by URL in each process")
+
+    return HeartbeatJournalStorage
+
+
+def retry_callback(max_retry: int | None = 3):
+    """Optuna's ``RetryHeartbeatStaleTrialCallback``, minus what it should not copy into the retry.
+
+    Optuna copies the failed trial's system attributes into the retried (WAITING) trial. That would carry
+    the dead trial's heartbeat timestamp (so the retry looks stale the moment it is popped) and its
+    constraint values (so ``set_constraint`` on the retry is ignored); it also copies user attributes
+    (the dead trial's partial results). All three are dropped here; params, distributions and the retry
+    history are kept.
+    """
+    import copy
+    import warnings
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental
+
+        class RetryStale(RetryHeartbeatStaleTrialCallback):
+            def __call__(self, study, trial) -> None:
+                trial = copy.deepcopy(trial)
+                trial.system_attrs = {
+                    k: v for k, v in trial.system_attrs.items()
+                    if k != HEARTBEAT_ATTR and not k.startswith("constraints")
+                }
+                trial.user_attrs = {}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    super().__call__(study, trial)
+
+        return RetryStale(max_retry=max_retry)
+
+
+def is_journal_url(url: str) -> bool:
+    return url.startswith("journal:") or (url.endswith(".log") and "://" not in url)
+
+
+def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | None = None):
+    """Open (creating if needed) the storage at ``url``; errors are one-line :class:`RoutespaceError`."""
+    import optuna
+
+    if not isinstance(heartbeat_interval, int) or heartbeat_interval < 1:
+        raise RoutespaceError(f"heartbeat interval must be a whole number of seconds >= 1, got {heartbeat_interval!r}")
+    grace = grace_period if grace_period is not None else 3 * heartbeat_interval
+    if grace <= heartbeat_interval:
+        raise RoutespaceError(f"heartbeat grace period ({grace} s) must be longer than the interval ({heartbeat_interval} s)")
+    retry = retry_callback(max_retry=3)
+    shown = mask_url(url)
+    if is_journal_url(url):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url[len("journal:"):] if url.startswith("journal:") else url
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise RoutespaceError("journal storage needs a file: journal:PATH, e.g. journal:out/study.log")
+        try:
+            with open(path, "ab"):  # fail early on a missing folder or no permission
+                pass
+            storage = _journal_storage_class()(JournalFileBackend(path), heartbeat_interval, grace, retry)
+            storage.get_all_studies()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RoutespaceError(f"cannot open storage {shown}: {_first_line(exc)}") from None
+        return storage
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    if url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    elif url.startswith("sqlite:"):
+        engine_kwargs["creator"] = _sqlite_creator(url)
+    elif "://" not in url:
+        raise RoutespaceError(
+            f"storage {shown!r} is not a URL: use sqlite:///PATH, postgresql://USER@HOST:PORT/DB or journal:PATH"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat_interval is "experimental"
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=retry,
+            )
+    except Exception as exc:  # sqlalchemy raises many types; all mean "cannot open"
+        raise RoutespaceError(f"cannot open storage {shown}: {_first_line(exc)}") from None
+
+
+def _sqlite_creator(url: str):
+    """Connections in WAL mode with ``synchronous=NORMAL``: a commit is safe against a killed process
+    (only a power cut can lose the last commits), and costs ~2 ms instead of an fsync's ~20 ms here.
+    WAL needs a local file system; use PostgreSQL across machines."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    path = make_url(url).database or ":memory:"
+
+    def creator():
+        conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        if path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    return creator
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else type(exc).__name__
+    return mask_url(msg)[:300]
+
+
+def fail_stale(study) -> None:
+    """Fail RUNNING trials whose heartbeat is older than the grace period and enqueue their retries."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "fail_stale_trials is experimental"
+        optuna.storages.fail_stale_trials(study)
+
+
+class Heartbeat:
+    """Context manager: beat once now, then every interval from a thread, until exit."""
+
+    def __init__(self, storage, trial_id: int) -> None:
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        try:
+            self.storage.record_heartbeat(self.trial_id)
+        except Exception:  # the trial may have been finished by another worker; never kill the trial for it
+            pass
+
+    def __enter__(self) -> "Heartbeat":
+        if self.interval:
+            self._beat()
+            self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{self.trial_id}")
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._beat()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
