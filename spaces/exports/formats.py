@@ -113,3 +113,28 @@ def import_architecture(path: str | os.PathLike, fmt: str | None = None) -> Arch
     if fmt == "state_dict":
         return load_state_dict(path).arch
     raise RoutespaceError(f"cannot import format {fmt!r}: choose one of json, nodelink, graphml, state_dict")
+
+
+def resolve_target(target: str, preset_name: str | None):
+    """An Architecture (spec file or classic) or a StaticNet (state-dict export) for ``target``."""
+    from ..classics import CLASSICS, classic
+    from ..space import preset
+
+    path = Path(target)
+    if path.is_dir():
+        raise RoutespaceError(f"{target} is a folder: give a spec file or a classic name")
+    if path.is_file():
+        from ..architecture import load_architecture
+        from .model import is_state_dict_file, load_state_dict
+
+        if is_state_dict_file(path):
+            return load_state_dict(path)
+        if preset_name and path.suffix.lower() == ".json" and b"routespace.architecture.graph" not in path.read_bytes()[:1_000_000]:
+            return load_architecture(str(path), preset(preset_name))
+        return import_architecture(path)
+    key = target.lower().replace("-", "").replace("_", "")
+    if key in CLASSICS:
+        return classic(key, preset(preset_name or "paper"))
+    if "/" in target or "." in target:
+        raise RoutespaceError(f"spec file {target} does not exist")
+    raise RoutespaceError(f"{target!r} is neither a spec file nor a classic: classics are {', '.join(CLASSICS)}")
