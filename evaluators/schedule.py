@@ -24,12 +24,12 @@ def budget_weight(step: int, total: int, warmup: float = 0.4, ramp: float = 0.2)
     linear ramp over the next ``ramp`` fraction, then 1 (DESIGN §5: switched on after 40 %, then ramped)."""
     if total <= 0:
         return 1.0
-    frac = step / total
-    if frac < warmup:
+    start = warmup * total  # in steps, so that round fractions give exact weights
+    if step < start:
         return 0.0
     if ramp <= 0:
         return 1.0
-    return min(1.0, (frac - warmup) / ramp)
+    return min(1.0, (step - start) / (ramp * total))
 
 
 def drop_path_rate(step: int, total: int, max_rate: float) -> float:

@@ -488,13 +488,13 @@ def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, 
         return TrainResult(start, start, 0.0, math.nan, history[-1]["loss"] if history else math.nan,
                            str(device), dinfo.world_size, out, final, history)
 
-    run.write_manifest(status="running", step=start)
     stop = _StopRequest()
     model.train()
     bar = _progress_bar(total, start, progress and dinfo.rank == 0)
     step, t0, loss_value, path = start, time.perf_counter(), math.nan, None
     try:
         with _signals_caught(stop):
+            run.write_manifest(status="running", step=start)  # after the handlers: a signal now is caught
             while step < total:
                 if hasattr(train_set, "set_epoch"):
                     train_set.set_epoch(order.epoch_of(step))
@@ -553,7 +553,7 @@ def _step(net, model, optimizer, scheduler, images, labels, device, config, extr
         extra = extra_loss(output, step, total)
         loss = loss + extra
     if not torch.isfinite(loss):
-        raise RoutespaceError(f"the loss became {float(loss)} at step {step + 1}: lower the learning rate (--lr) or enable gradient clipping")
+        raise RoutespaceError(f"the loss became {float(loss.detach())} at step {step + 1}: lower the learning rate (--lr) or enable gradient clipping")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:
