@@ -148,8 +148,8 @@ class Architecture:
             raise RoutespaceError(f"spec is larger than {MAX_SPEC_BYTES} bytes: not a routespace spec")
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise RoutespaceError(f"spec is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # ValueError: bad JSON or encoding, integers over 4300 digits
+            raise RoutespaceError(f"spec is not valid JSON: {str(exc)[:200]}") from None
         return cls.from_dict(data, space)
 
     def __repr__(self) -> str:
@@ -200,11 +200,16 @@ def _parse_cells(raw: object) -> dict[Node, str]:
     out = {}
     for key, cell in raw.items():
         parts = str(key).split(",")
-        if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() and len(p.strip()) < 6 for p in parts):
+        try:  # isdigit() admits characters that int() rejects, such as superscripts
+            ok = len(parts) == 2 and all(p.strip().lstrip("-").isdigit() and len(p.strip()) < 6 for p in parts)
+            node = (int(parts[0]), int(parts[1])) if ok else None
+        except ValueError:
+            node = None
+        if node is None:
             raise RoutespaceError(f"bad cells key {str(key)[:40]!r}: write 'layer,scale', e.g. '3,1'")
         if not isinstance(cell, str):
             raise RoutespaceError(f"cell type for node {key} must be a string, one of {', '.join(CELL_TYPES)}")
-        out[(int(parts[0]), int(parts[1]))] = cell
+        out[node] = cell
     return out
 
 
@@ -253,13 +258,17 @@ def load_architecture(path: str, space: RoutingSpace | None = None) -> Architect
         if size > MAX_SPEC_BYTES:
             raise RoutespaceError(f"{path}: {size} bytes is too large for a spec (limit {MAX_SPEC_BYTES})")
         with open(path, "rb") as fh:
-            text = fh.read()
+            text = fh.read(MAX_SPEC_BYTES + 1)  # bounded: getsize is 0 for endless devices and pipes
+        if len(text) > MAX_SPEC_BYTES:
+            raise RoutespaceError(f"{path}: more than {MAX_SPEC_BYTES} bytes is too large for a spec")
     except FileNotFoundError:
         raise RoutespaceError(f"spec file {path} does not exist") from None
     except IsADirectoryError:
         raise RoutespaceError(f"{path} is a folder, not a spec file") from None
     except PermissionError:
         raise RoutespaceError(f"cannot read spec file {path}: permission denied") from None
+    except OSError as exc:  # e.g. a file name that is too long, an I/O error
+        raise RoutespaceError(f"cannot read spec file {str(path)[:200]}: {exc.strerror or exc}") from None
     try:
         return Architecture.from_json(text, space)
     except RoutespaceError as exc:

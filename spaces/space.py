@@ -190,9 +190,14 @@ def check_input_size(size: object) -> tuple[int, int]:
 def parse_size(text: str) -> tuple[int, int]:
     """Parse 'HxW' (e.g. '1024x2048') into a validated (H, W)."""
     parts = str(text).lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise RoutespaceError(f"size {text!r} is not of the form HxW, e.g. 1024x2048")
-    return check_input_size((int(parts[0]), int(parts[1])))
+    try:  # isdigit() admits characters that int() rejects (superscripts); int() refuses over 4300 digits
+        ok = len(parts) == 2 and all(p.strip().isdigit() and len(p.strip()) < 12 for p in parts)
+        size = (int(parts[0]), int(parts[1])) if ok else None
+    except ValueError:
+        size = None
+    if size is None:
+        raise RoutespaceError(f"size {str(text)[:40]!r} is not of the form HxW, e.g. 1024x2048")
+    return check_input_size(size)
 
 
 PRESETS: dict[str, RoutingSpace] = {
