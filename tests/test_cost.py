@@ -1,0 +1,241 @@
+"""Analytic cost: a hand-derived known answer, exact agreement with fvcore and with the built modules."""
+from __future__ import annotations
+
+import pytest
+import torch
+from foundation_helpers import fvcore_flops, one_thread, param_count, random_archs
+from torch import nn
+
+from routespace.evaluators.cost import (
+    architecture_cost, cell_cost, decoder_cost, edge_cost, gate_cost, gflops, space_cost, stem_cost,
+)
+from routespace.spaces.architecture import Architecture
+from routespace.spaces.builder import build
+from routespace.spaces.classics import CLASSICS
+from routespace.spaces.errors import RoutespaceError
+from routespace.spaces.space import RoutingSpace, preset
+
+TINY = preset("tiny")
+SIZES = [(64, 64), (96, 160)]
+L2 = RoutingSpace(layers=2, base_channels=8, num_classes=3, input_size=(32, 32))
+
+
+# --- known answer ------------------------------------------------------------------------------------------
+def test_known_answer_two_layer_space():
+    """Hand count on RoutingSpace(layers=2, base_channels=8, num_classes=3, input_size=(32, 32)), paper
+    convention (MAC = 1 FLOP, BN 2/element, ReLU 1/element, upsampling 0).
+
+    Channels C0=8, C1=16. Feature maps: stride 2 is 16x16 (256 px), scale 0 8x8 (64 px), scale 1 4x4 (16).
+    Conv FLOPs = out_pixels * cout * cin/groups * k*k.
+
+    Stem:  conv3x3/2 3->8 @16x16: 256*8*3*9 = 55296; BN 2*8*256 = 4096; ReLU 8*256 = 2048;
+           dw3x3 8 @16x16: 256*8*9 = 18432; pw 8->8: 256*8*8 = 16384; BN 4096; ReLU 2048;
+           dw3x3/2 @8x8: 64*8*9 = 4608; pw 8->8 @8x8: 64*8*8 = 4096; BN 2*8*64 = 1024; ReLU 512.
+           total 112640.
+    SepConv cell at scale 0 (C=8, 64 px), twice [ReLU 512, dw 64*8*9 = 4608, pw 64*8*8 = 4096,
+           BN 1024] = 2 * 10240 = 20480.
+    SepConv cell at scale 1 (C=16, 16 px), twice [ReLU 256, dw 16*16*9 = 2304, pw 16*16*16 = 4096,
+           BN 512] = 2 * 7168 = 14336.
+    Down edge 0->1: ReLU 8*64 = 512; conv1x1/2 8->16 @4x4: 16*16*8 = 2048; BN 2*16*16 = 512; = 3072.
+    Up edge 1->0: ReLU 16*16 = 256; conv1x1 16->8 @4x4: 16*8*16 = 2048; BN 2*8*16 = 256; = 2560.
+    Keep edge: 0.
+    Decoder, top scale 1: conv1x1 16->8 @4x4: 16*8*16 = 2048; BN 2*8*16 = 256; ReLU 8*16 = 128;
+           head conv3x3 8->3 @8x8: 64*3*8*9 = 13824; = 16256.   Top scale 0: head only, 13824.
+
+    Path [0, 1] (keep, down): 112640 + 20480 + 3072 + 14336 + 16256 = 166784.
+    Path [1, 1] (down, keep): 112640 + 3072 + 14336 + 14336 + 16256 = 160640.
+    Path [1, 0] (down, up):   112640 + 3072 + 14336 + 2560 + 20480 + 13824 = 166912.
+
+    Params (BN 2 per channel, head has a bias): stem 3*8*9 + 16 + 8*9 + 8*8 + 16 + 8*9 + 8*8 + 16 = 536;
+    cell C=8: 2*(72 + 64 + 16) = 304; cell C=16: 2*(144 + 256 + 32) = 864; down edge 8*16 + 32 = 160;
+    up edge 16*8 + 16 = 144; decoder top 1: 16*8 + 16 + 8*3*9 + 3 = 363, top 0: 219.
+    [0, 1]: 536 + 304 + 160 + 864 + 363 = 2227.  [1, 1]: 536 + 160 + 864 + 864 + 363 = 2787.
+    [1, 0]: 536 + 160 + 864 + 144 + 304 + 219 = 2227.
+    """
+    stem = (256 * 8 * 3 * 9 + 2 * 8 * 256 + 8 * 256
+            + 256 * 8 * 9 + 256 * 8 * 8 + 2 * 8 * 256 + 8 * 256
+            + 64 * 8 * 9 + 64 * 8 * 8 + 2 * 8 * 64 + 8 * 64)
+    cell0 = 2 * (8 * 64 + 64 * 8 * 9 + 64 * 8 * 8 + 2 * 8 * 64)
+    cell1 = 2 * (16 * 16 + 16 * 16 * 9 + 16 * 16 * 16 + 2 * 16 * 16)
+    down01 = 8 * 64 + 16 * 16 * 8 + 2 * 16 * 16
+    up10 = 16 * 16 + 16 * 8 * 16 + 2 * 8 * 16
+    head = 64 * 3 * 8 * 9
+    dec_top1 = 16 * 8 * 16 + 2 * 8 * 16 + 8 * 16 + head
+    assert (stem, cell0, cell1, down01, up10, dec_top1) == (112640, 20480, 14336, 3072, 2560, 16256)
+
+    p_stem = 3 * 8 * 9 + 16 + 8 * 9 + 8 * 8 + 16 + 8 * 9 + 8 * 8 + 16
+    p_cell0, p_cell1 = 2 * (8 * 9 + 8 * 8 + 16), 2 * (16 * 9 + 16 * 16 + 32)
+    p_down, p_up = 8 * 16 + 32, 16 * 8 + 16
+    p_head = 8 * 3 * 9 + 3
+    p_dec1 = 16 * 8 + 16 + p_head
+
+    cases = {
+        (0, 1): (stem + cell0 + down01 + cell1 + dec_top1, p_stem + p_cell0 + p_down + p_cell1 + p_dec1),
+        (1, 1): (stem + down01 + cell1 + cell1 + dec_top1, p_stem + p_down + p_cell1 + p_cell1 + p_dec1),
+        (1, 0): (stem + down01 + cell1 + up10 + cell0 + head, p_stem + p_down + p_cell1 + p_up + p_cell0 + p_head),
+    }
+    assert {k: v[0] for k, v in cases.items()} == {(0, 1): 166784, (1, 1): 160640, (1, 0): 166912}
+    for path, (flops, params) in cases.items():
+        report = architecture_cost(Architecture.from_path(L2, list(path)))
+        assert report.size == (32, 32)
+        assert report.flops == flops, path
+        assert report.params == params, path
+        assert report.stem_flops == stem
+        # the built module has exactly these parameters
+        assert param_count(build(Architecture.from_path(L2, list(path)))) == params
+
+
+def test_known_answer_fvcore_convention():
+    """fvcore convention on the same [0, 1] path: ReLUs count 0, bilinear upsampling 4 per output
+    element: decoder x2 to 8x8 on 8 channels 4*8*64 = 2048, final x4 to 32x32 on 3 classes 4*3*1024 = 12288.
+    ReLUs removed: stem 2048+2048+512, cell0 2*512, down edge 512, cell1 2*256, decoder 128 = 6784.
+    166784 - 6784 + 2048 + 12288 = 174336."""
+    paper = 166784
+    relus = (2048 + 2048 + 512) + 2 * 512 + 512 + 2 * 256 + 128
+    upsample = 4 * 8 * 64 + 4 * 3 * 1024
+    arch = Architecture.from_path(L2, [0, 1])
+    expected = paper - relus + upsample
+    assert architecture_cost(arch, convention="fvcore").flops == expected == 174336
+    assert fvcore_flops(build(arch), (32, 32)) == expected
+
+
+# --- against fvcore and the built modules -----------------------------------------------------------------
+def _check_against_fvcore(arch: Architecture, size: tuple[int, int]) -> None:
+    model = build(arch)
+    report = architecture_cost(arch, size, convention="fvcore")
+    assert report.params == param_count(model)
+    traced = fvcore_flops(model, size)
+    # exact in practice; the issue's tolerance is 1 %
+    assert report.flops == traced, (arch, size, report.flops, traced)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name", list(CLASSICS))
+def test_classics_match_fvcore(name, size):
+    _check_against_fvcore(CLASSICS[name](TINY), size)
+
+
+RANDOM = random_archs(TINY, 20, seed=2024)
+
+
+@pytest.mark.parametrize("index", range(20))
+def test_random_architectures_match_fvcore(index):
+    arch = RANDOM[index]
+    for size in SIZES:
+        _check_against_fvcore(arch, size)
+
+
+@pytest.mark.parametrize("cell", ["res2net", "basic"])
+def test_other_cell_types_match_fvcore(cell):
+    space = RoutingSpace(layers=6, base_channels=16, num_classes=4, cell=cell, input_size=(64, 64), name=cell)
+    for arch in [CLASSICS["hrnetv2"](space)] + random_archs(space, 2, seed=9):
+        for size in SIZES:
+            _check_against_fvcore(arch, size)
+
+
+def test_per_node_cell_overrides_match_fvcore():
+    archs = random_archs(TINY, 3, seed=31, cell_choices=("sepconv", "res2net", "basic"))
+    assert all(a.cells for a in archs)
+    for arch in archs:
+        for size in SIZES:
+            _check_against_fvcore(arch, size)
+
+
+def _hooked_paper_flops(model: nn.Module, size: tuple[int, int]) -> int:
+    """Paper-convention count from forward hooks on the built module (independent of the layout records)."""
+    total = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total[0] += output.numel() * (module.in_channels // module.groups) * k
+        elif isinstance(module, nn.BatchNorm2d):
+            total[0] += 2 * output.numel()
+        elif isinstance(module, nn.ReLU):
+            total[0] += output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with one_thread(), torch.no_grad():
+        model.eval()(torch.zeros(1, 3, *size))
+    for h in handles:
+        h.remove()
+    return total[0]
+
+
+@pytest.mark.parametrize("name", list(CLASSICS))
+def test_paper_convention_matches_forward_hooks(name):
+    arch = CLASSICS[name](TINY)
+    for size in SIZES:
+        assert architecture_cost(arch, size).flops == _hooked_paper_flops(build(arch), size)
+
+
+def test_paper_convention_hooks_on_mixed_cells():
+    for arch in random_archs(TINY, 3, seed=77, cell_choices=("res2net", "basic", "sepconv")):
+        assert architecture_cost(arch, (96, 160)).flops == _hooked_paper_flops(build(arch), (96, 160))
+
+
+# --- report structure and properties ----------------------------------------------------------------------
+def test_report_breakdown_adds_up():
+    arch = CLASSICS["hrnetv2"](TINY)
+    report = architecture_cost(arch, (64, 64), gates=True)
+    assert report.flops == report.stem_flops + report.decoder_flops + report.body_flops + report.gate_flops
+    assert report.body_flops == sum(n.cell_flops + sum(n.edge_flops.values()) for n in report.nodes)
+    assert [n.node for n in report.nodes] == list(arch.nodes)
+    assert {e for n in report.nodes for e in n.edge_flops} == set(arch.edges)
+    d = report.to_dict()
+    assert d["gflops"] == pytest.approx(report.flops / 1e9)
+    assert d["params_m"] == pytest.approx(report.params / 1e6)
+    assert sum(n["gflops"] for n in d["nodes"]) == pytest.approx(
+        (report.body_flops + report.gate_flops) / 1e9, rel=1e-12)
+    assert len(d["nodes"]) == len(arch.nodes)
+
+
+def test_gates_add_exactly_the_gate_heads():
+    arch = Architecture.all_open(TINY)
+    size = (64, 64)
+    with_g = space_cost(TINY, size, gates=True)
+    without = space_cost(TINY, size, gates=False)
+    assert without.flops == architecture_cost(arch, size).flops
+    gates = sum(gate_cost(TINY, n, size, "paper")[0] for n in TINY.nodes())
+    assert with_g.flops - without.flops == with_g.gate_flops == gates > 0
+    assert with_g.body_flops == without.body_flops
+    # one gate by hand: node (4, 1), C=32 at 8x8, 3 outgoing edges: conv1x1 32->16 + BN + ReLU at 64 px,
+    # pooling not counted, conv1x1 16->3 at 1x1
+    assert gate_cost(TINY, (4, 1), size, "paper") == (64 * 16 * 32 + 2 * 16 * 64 + 16 * 64 + 16 * 3,
+                                                      32 * 16 + 2 * 16 + 16 * 3 + 3)
+
+
+def test_cost_scales_with_area():
+    """Without gates every op is per pixel, so 4x the area is exactly 4x the FLOPs; params do not change."""
+    for arch in [CLASSICS["unet"](TINY)] + random_archs(TINY, 3, seed=4):
+        small, big = architecture_cost(arch, (64, 96)), architecture_cost(arch, (128, 192))
+        assert big.flops == 4 * small.flops and big.params == small.params
+
+
+def test_part_costs_sum_to_total():
+    arch = CLASSICS["unet"](TINY)
+    size, conv = (96, 160), "fvcore"
+    total = stem_cost(TINY, size, conv)[0] + decoder_cost(TINY, max(arch.output_scales()), size, conv)[0]
+    total += sum(cell_cost(TINY, n, arch.cell_of(n), size, conv)[0] for n in arch.nodes if n[0] > 0)
+    total += sum(edge_cost(TINY, e, size, conv)[0] for e in arch.edges)
+    assert architecture_cost(arch, size, conv).flops == total
+
+
+def test_paper_preset_defaults_and_ordering():
+    paper = preset("paper")
+    fcn = architecture_cost(CLASSICS["fcn32s"](paper))
+    assert fcn.size == (1024, 2048) and fcn.convention == "paper"
+    assert gflops(CLASSICS["fcn32s"](paper)) == fcn.gflops
+    all_open = space_cost(paper, gates=False).gflops
+    for fn in CLASSICS.values():
+        assert 0 < architecture_cost(fn(paper)).gflops < all_open
+    # a stride-4 chain of sepconv cells costs more than a stride-32 one
+    assert architecture_cost(CLASSICS["autodeeplab"](paper)).gflops > fcn.gflops
+
+
+def test_cost_errors():
+    arch = CLASSICS["fcn32s"](TINY)
+    with pytest.raises(RoutespaceError, match="unknown FLOPs convention"):
+        architecture_cost(arch, convention="torch")
+    with pytest.raises(RoutespaceError, match="divisible by 32"):
+        architecture_cost(arch, (100, 64))
