@@ -45,9 +45,11 @@ def micro_net(seed: int = 0):
     return build(Architecture.from_path(MICRO, [1, 1]))
 
 
-def param_digest(model: torch.nn.Module) -> str:
+def param_digest(model: torch.nn.Module, buffers: bool = True) -> str:
+    """sha256 over the parameters (and, by default, the buffers such as BN statistics)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    items = model.state_dict().items() if buffers else model.named_parameters()
+    for name, t in sorted(items):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -87,7 +89,7 @@ except RoutespaceError as exc:
 if args.get("digest"):
     rank = os.environ.get("RANK", "0")
     with open(f"{args['digest']}.{rank}", "w") as fh:
-        fh.write(param_digest(net))
+        fh.write(param_digest(net, buffers=False))
 '''
 
 

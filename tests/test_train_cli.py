@@ -1,0 +1,141 @@
+"""`routespace train` / `routespace evaluate`: runs, resumption and bad input (exit 2, one line, nothing touched)."""
+from __future__ import annotations
+
+import json
+import pytest
+import torch
+
+from routespace.cli.main import main
+from routespace.evaluators.cost import space_cost
+from routespace.spaces.space import preset
+from routespace.spaces.supernet import body_flops_all_open
+from test_train_support import tree_bytes
+
+torch.set_num_threads(1)
+
+STATIC = ["--arch", "fcn32s", "--steps", "3", "--batch-size", "2", "--size", "32x32", "--checkpoint-every", "1"]
+
+
+def _fails(capsys, argv: list[str], *needles: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("routespace: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def static_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("static") / "run"
+    assert main(["train", "--out", str(run), *STATIC]) == 0
+    return run
+
+
+@pytest.mark.parametrize("mu", ["0", "-0.1", "1.5", "nan"])
+def test_budget_mu_outside_unit_interval(capsys, tmp_path, mu):
+    _fails(capsys, ["train", "--out", str(tmp_path / "r"), "--budget-mu", mu], "mu must be in (0, 1]")
+    assert not (tmp_path / "r").exists()
+
+
+def test_conflicting_budget_flags(capsys, tmp_path):
+    _fails(capsys, ["train", "--out", str(tmp_path / "r"), "--no-budget", "--budget-mu", "0.3"], "--no-budget conflicts")
+    _fails(capsys, ["train", "--out", str(tmp_path / "r"), "--budget-mu", "0.3", "--budget-gflops", "1"], "either --budget-mu or --budget-gflops")
+    _fails(capsys, ["train", "--out", str(tmp_path / "r"), "--budget-gflops", "1000"], "outside what routing can reach")
+    _fails(capsys, ["train", "--out", str(tmp_path / "r"), "--arch", "unet", "--budget-mu", "0.3"], "dynamic net only")
+    assert not (tmp_path / "r").exists()
+
+
+def test_data_folder_in_wrong_layout(capsys, tmp_path):
+    bad = tmp_path / "cityscapes"
+    (bad / "images").mkdir(parents=True)
+    _fails(capsys, ["train", "--out", str(tmp_path / "r"), "--data", f"cityscapes:{bad}"], "missing folder", "leftImg8bit")
+    _fails(capsys, ["train", "--out", str(tmp_path / "r"), "--data", f"voc:{bad}"], "missing folder")
+    assert not (tmp_path / "r").exists()
+
+
+def test_static_run_manifest_and_checkpoints(static_run):
+    manifest = json.loads((static_run / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["kind"] == "static"
+    assert manifest["command"].startswith("routespace train")
+    assert manifest["extra"]["cli"]["size"] == [32, 32] and manifest["extra"]["cli"]["budget"] is None
+    names = sorted(p.name for p in (static_run / "checkpoints").iterdir())
+    assert names == ["final.pt", "step-00000001.pt", "step-00000002.pt"]
+    for name in names:
+        torch.load(static_run / "checkpoints" / name, weights_only=True)
+
+
+def test_bad_resumes_leave_every_file_byte_identical(capsys, tmp_path, static_run):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(static_run, run)
+    final = run / "checkpoints" / "final.pt"
+    good = final.read_bytes()
+    resume = ["train", "--out", str(run), "--resume"]
+
+    final.write_bytes(good[: len(good) // 2])  # corrupt: truncated
+    before = tree_bytes(run)
+    _fails(capsys, resume, "corrupt or not a routespace checkpoint", str(final))
+    assert tree_bytes(run) == before
+
+    torch.save(torch.nn.Linear(2, 2), final)  # a pickled module: weights_only refuses to load it
+    before = tree_bytes(run)
+    _fails(capsys, resume, "corrupt or not a routespace checkpoint")
+    assert tree_bytes(run) == before
+
+    torch.save({"state_dict": {"w": torch.ones(2)}}, final)  # a foreign but loadable torch file
+    before = tree_bytes(run)
+    _fails(capsys, resume, "not a routespace checkpoint")
+    assert tree_bytes(run) == before
+
+    final.write_text("hello")
+    before = tree_bytes(run)
+    _fails(capsys, resume, "corrupt or not a routespace checkpoint")
+    _fails(capsys, [*resume, "--lr", "0.5"], "cannot resume", "lr=")
+    _fails(capsys, ["train", "--out", str(run), *STATIC], "already holds a training run")
+    assert tree_bytes(run) == before
+    _fails(capsys, ["train", "--out", str(tmp_path / "none"), "--resume"], "nothing to resume")
+
+    final.write_bytes(good)  # repaired: resuming a finished run is a no-op
+    assert main(resume) == 0
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_evaluate_static_run(capsys, static_run):
+    assert main(["evaluate", str(static_run), "--json", "--latency-repeats", "1", "--latency-images", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 <= result["miou"] <= 1 and result["kind"] == "static" and result["step"] == 3
+    assert result["gflops"] > 0 and result["latency_ms"] > 0 and result["images"] == 200
+    assert json.loads((static_run / "evaluation.json").read_text())["miou"] == result["miou"]
+
+
+def test_dynamic_run_train_resume_and_evaluate(capsys, tmp_path):
+    run = tmp_path / "dyn"
+    args = ["train", "--out", str(run), "--steps", "2", "--batch-size", "2", "--size", "32x32", "--budget-mu", "0.5"]
+    assert main(args) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["kind"] == "dynamic" and manifest["extra"]["cli"]["budget"]["mu"] == 0.5
+    # resume from step 1 with only --out/--resume: the settings come from the run folder
+    final = run / "checkpoints" / "final.pt"
+    uninterrupted = torch.load(final, weights_only=True)["model"]
+    final.unlink()
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert "steps 1->2" in capsys.readouterr().out
+    resumed = torch.load(final, weights_only=True)["model"]
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    assert main(["evaluate", str(run), "--json", "--latency-repeats", "1", "--latency-images", "1"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    required = ["miou", "gflops_mean", "gflops_min", "gflops_max", "body_gflops_mean", "body_gflops_all_open",
+                "gflops_all_open", "latency_ms", "latency_ms_all_open", "gflops_std", "gate_entropy_mean"]
+    assert all(isinstance(r[k], float) for k in required), {k: r.get(k) for k in required}
+    space = preset("tiny")
+    assert r["gflops_all_open"] == pytest.approx(space_cost(space, (32, 32), gates=True).gflops)
+    assert r["body_gflops_all_open"] == pytest.approx(body_flops_all_open(space, (32, 32)) / 1e9)
+    assert r["gflops_min"] <= r["gflops_mean"] <= r["gflops_max"] <= r["gflops_all_open"] * (1 + 1e-9)
+    assert len(r["per_image_gflops"]) == r["images"] == 200
+    # the table form names the key figures
+    assert main(["evaluate", str(run), "--latency-repeats", "0"]) == 0
+    table = capsys.readouterr().out
+    assert "mIoU" in table and "GFLOPs realised, mean (total)" in table and "body GFLOPs all open" in table
