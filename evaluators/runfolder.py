@@ -124,20 +124,29 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def check_same_run(manifest: dict, new: dict, run: str | Path) -> None:
-    """Raise RoutespaceError naming the settings that differ between a run and its resumption."""
-    manifest, new = plain(manifest), plain(new)
+def run_differences(old: dict, new: dict) -> list[str]:
+    """Settings that differ between a run (manifest-shaped dict) and a resumption, as 'key=old (now new)'."""
+    old, new = plain(old), plain(new)
     diffs = []
-    old_cfg, new_cfg = manifest.get("config", {}), new["config"]
+    old_cfg, new_cfg = old.get("config") or {}, new.get("config") or {}
     for key in sorted(set(old_cfg) | set(new_cfg)):
         if key not in RESUME_FREE and old_cfg.get(key) != new_cfg.get(key):
             diffs.append(f"{key}={_short(old_cfg.get(key))} (now {_short(new_cfg.get(key))})")
     for key in ("kind", "spec", "extra", "world_size"):
-        if manifest.get(key) != new[key]:
-            diffs.append(f"{key}={_short(manifest.get(key))} (now {_short(new[key])})")
+        if old.get(key) != new.get(key):
+            diffs.append(f"{key}={_short(old.get(key))} (now {_short(new.get(key))})")
+    return diffs
+
+
+def describe_differences(diffs: list[str]) -> str:
+    return "; ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+
+
+def check_same_run(manifest: dict, new: dict, run: str | Path) -> None:
+    """Raise RoutespaceError naming the settings that differ between a run and its resumption."""
+    diffs = run_differences(manifest, new)
     if diffs:
         raise RoutespaceError(
-            f"cannot resume {run}: it was started with {'; '.join(diffs[:3])}"
-            + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
-            + ": resume with the same settings, or start a new run folder"
+            f"cannot resume {run}: it was started with {describe_differences(diffs)}: "
+            "resume with the same settings, or start a new run folder"
         )

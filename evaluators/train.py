@@ -378,12 +378,15 @@ def _prepare_folder(out_dir: Path, manifest: dict, resume: bool) -> tuple[dict, 
 
 
 def _check_checkpoint_matches(state: dict, manifest: dict, path: Path) -> None:
-    foreign = {"config": state.get("config"), "kind": state.get("meta", {}).get("kind"), "spec": state.get("meta", {}).get("spec"),
-               "extra": state.get("meta", {}).get("extra"), "world_size": state.get("sampler", {}).get("world_size")}
-    try:
-        runfolder.check_same_run(foreign, manifest, path)
-    except RoutespaceError as exc:
-        raise RoutespaceError(f"checkpoint {path} belongs to another run: {str(exc).split(': it was', 1)[-1].strip()}") from None
+    meta = state.get("meta") or {}
+    saved = {"config": state.get("config"), "kind": meta.get("kind"), "spec": meta.get("spec"),
+             "extra": meta.get("extra"), "world_size": (state.get("sampler") or {}).get("world_size")}
+    diffs = runfolder.run_differences(saved, manifest)
+    if diffs:
+        raise RoutespaceError(
+            f"checkpoint {path} belongs to another run ({runfolder.describe_differences(diffs)}): "
+            "delete it to resume from an earlier checkpoint, or start a new run folder"
+        )
 
 
 def fit(
@@ -488,6 +491,10 @@ def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, 
         return TrainResult(start, start, 0.0, math.nan, history[-1]["loss"] if history else math.nan,
                            str(device), dinfo.world_size, out, final, history)
 
+    if dinfo.active:  # every rank has checked the folder before rank 0 writes to it
+        import torch.distributed as dist
+
+        dist.barrier()
     stop = _StopRequest()
     model.train()
     bar = _progress_bar(total, start, progress and dinfo.rank == 0)
@@ -516,7 +523,7 @@ def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, 
                         path = run.save(checkpoint_state(step), step, final=final)
                         run.write_history(history)
                         run.write_manifest(step=step)
-                    if stopping:
+                    if stopping and step < total:  # (a signal after the last step changes nothing)
                         bar.close()
                         run.write_manifest(status="interrupted", step=step)
                         hint = f"; resume with: {resume_hint}" if resume_hint and out is not None else " (no run folder: nothing to resume)"
@@ -546,6 +553,7 @@ def _step(net, model, optimizer, scheduler, images, labels, device, config, extr
     labels = labels.to(device, non_blocking=True)
     output = net(images)
     logits = logits_of(output)
+    _check_labels(labels, logits)
     ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
     loss = ce
     extra = None
@@ -568,6 +576,22 @@ def _step(net, model, optimizer, scheduler, images, labels, device, config, extr
     if isinstance(flops, torch.Tensor):
         record["realised_gflops"] = float(flops.detach().float().mean()) / 1e9
     return record
+
+
+def _check_labels(labels: torch.Tensor, logits: torch.Tensor) -> None:
+    """Labels must be class indices below the model's class count, or the ignore index."""
+    if logits.shape[-2:] != labels.shape[-2:] or logits.shape[0] != labels.shape[0]:
+        raise RoutespaceError(
+            f"model output {tuple(logits.shape)} does not match labels {tuple(labels.shape)}: "
+            "the model must return (N, classes, H, W) logits at the label size"
+        )
+    valid = labels[labels != IGNORE_INDEX]
+    if valid.numel() and (int(valid.max()) >= logits.shape[1] or int(valid.min()) < 0):
+        bad = int(valid.max()) if int(valid.max()) >= logits.shape[1] else int(valid.min())
+        raise RoutespaceError(
+            f"the data has label {bad} but the model predicts {logits.shape[1]} classes: "
+            f"build the model for the data set's number of classes"
+        )
 
 
 def _agree_stop(local: bool, dinfo: _Dist) -> bool:
