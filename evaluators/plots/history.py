@@ -25,9 +25,14 @@ def plot_history(study_or_records: object, direction: str | None = None, objecti
     ax1.scatter(h.trials, h.values, s=16, color="#9AA7B8", label="trial", zorder=2)
     ax1.step(h.trials, h.best, where="post", color="#D55E00", linewidth=2, label="best so far", zorder=3)
     ax1.set_xlabel("trial", fontsize=FONT)
-    ax2.step(h.seconds, h.best_by_time, where="post", color="#D55E00", linewidth=2, label="best so far")
-    ax2.scatter(h.seconds, h.best_by_time, s=10, color="#D55E00", zorder=3)
-    ax2.set_xlabel("wall time (s)", fontsize=FONT)
+    scale, unit = time_unit(float(h.seconds.max()))
+    ax2.step(h.seconds / scale, h.best_by_time, where="post", color="#D55E00", linewidth=2, label="best so far")
+    ax2.scatter(h.seconds / scale, h.best_by_time, s=10, color="#D55E00", zorder=3)
+    ax2.set_xlabel(f"wall time ({unit})", fontsize=FONT)
+    from matplotlib.ticker import MaxNLocator
+
+    ax1.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    ax2.xaxis.set_major_locator(MaxNLocator(nbins=5))
     for ax in (ax1, ax2):
         ax.set_ylabel(f"{objective} ({'higher' if h.direction == 'maximize' else 'lower'} is better)", fontsize=FONT)
         ax.tick_params(labelsize=SMALL)
@@ -40,6 +45,17 @@ def plot_history(study_or_records: object, direction: str | None = None, objecti
     if title:
         fig.suptitle(title, fontsize=FONT + 1)
     return fig
+
+
+def time_unit(max_seconds: float) -> tuple[float, str]:
+    """(divisor, unit) so that wall times read as small numbers: ms, s, min or h."""
+    if max_seconds < 1.0:
+        return 1e-3, "ms"
+    if max_seconds < 180.0:
+        return 1.0, "s"
+    if max_seconds < 3 * 3600.0:
+        return 60.0, "min"
+    return 3600.0, "h"
 
 
 OPTUNA_PLOTS = (

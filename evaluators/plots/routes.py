@@ -45,8 +45,6 @@ def plot_routes(
         draw_grid(ax, row.grid, legend=r == 0, compact=True)
         if r == 0:
             ax.set_title("route chosen by the gates", fontsize=FONT)
-        if r != len(rows) - 1:
-            ax.set_xlabel("")
     if title:
         fig.suptitle(title, fontsize=FONT + 1)
     return fig
