@@ -243,3 +243,13 @@ def test_nan_loss_is_a_user_error_and_marks_run_failed(tmp_path):
     with pytest.raises(RoutespaceError, match="loss became nan at step 1"):
         fit(micro_net(), NoiseSegmentation(8), TrainConfig(steps=3, batch_size=4), out_dir=out, extra_loss=extra, progress=False)
     assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_labels_beyond_the_model_classes_are_a_user_error():
+    class Wrong(NoiseSegmentation):
+        def __getitem__(self, i):
+            x, y = super().__getitem__(i)
+            return x, y + 5 * (y != 255)
+
+    with pytest.raises(RoutespaceError, match="the data has label [5-7] but the model predicts 3 classes"):
+        fit(micro_net(), Wrong(8), TrainConfig(steps=1, batch_size=4), progress=False)

@@ -113,10 +113,14 @@ def test_evaluate_static_run(capsys, static_run):
 
 def test_dynamic_run_train_resume_and_evaluate(capsys, tmp_path):
     run = tmp_path / "dyn"
-    args = ["train", "--out", str(run), "--steps", "2", "--batch-size", "2", "--size", "32x32", "--budget-mu", "0.5"]
+    full = space_cost(preset("tiny"), (32, 32), gates=True)
+    target = (full.flops - full.body_flops + 0.5 * full.body_flops) / 1e9  # mu 0.5 as total GFLOPs
+    args = ["train", "--out", str(run), "--steps", "2", "--batch-size", "2", "--size", "32x32", "--budget-gflops", repr(target)]
     assert main(args) == 0
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["kind"] == "dynamic" and manifest["extra"]["cli"]["budget"]["mu"] == 0.5
+    budget = manifest["extra"]["cli"]["budget"]
+    assert manifest["kind"] == "dynamic" and budget["mu"] == pytest.approx(0.5) and budget["gflops"] == target
+    assert budget["lambda"] == 0.5 and budget["warmup"] == 0.4
     # resume from step 1 with only --out/--resume: the settings come from the run folder
     final = run / "checkpoints" / "final.pt"
     uninterrupted = torch.load(final, weights_only=True)["model"]
