@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("run", metavar="RUN", help="run folder written by `routespace train`")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--data", default=None, help="data set to validate on (default: the run's, val split)")
+    p.add_argument("--size", default=None, metavar="HxW", help="validation size (default: the run's --val-size)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file to load (default: RUN/checkpoints/final.pt)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
@@ -48,11 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluators.datasets import load_dataset
     from ..evaluators.evaluate import evaluate, load_run_model
     from ..spaces.fileio import write_json_atomic
+    from ..spaces.space import parse_size
 
     model, manifest, state = load_run_model(args.run, args.checkpoint)
     cli = manifest.get("extra", {}).get("cli", {})
     data = args.data or cli.get("data") or "synthetic"
-    size = tuple(cli["size"]) if cli.get("size") else None
+    size = parse_size(args.size) if args.size else tuple(cli.get("val_size") or cli.get("size") or ()) or None
     val_set = load_dataset(data, "val", size=size)
     result = evaluate(model, val_set, batch_size=args.batch_size, device=args.device,
                       latency_repeats=args.latency_repeats, latency_images=args.latency_images)

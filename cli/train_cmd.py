@@ -12,6 +12,8 @@ DEFAULT_MU = 0.2
 DEFAULT_LAMBDA = 0.5
 DEFAULT_WARMUP = 0.4
 DEFAULT_RAMP = 0.2
+# Training crop per preset when --size is not given (else the space's input size): the paper's 768x768.
+TRAIN_SIZES = {"paper": (768, 768)}
 
 
 def register(sub) -> None:
@@ -27,29 +29,33 @@ def register(sub) -> None:
     p.add_argument("--arch", default=None, metavar="SPEC",
                    help="train a static net instead: an architecture spec JSON file or a classic name (e.g. unet)")
     b = p.add_argument_group("budget (dynamic net)")
-    b.add_argument("--budget-mu", type=float, default=None, help=f"target body FLOPs as a fraction of the all-open body, in (0, 1] (default {DEFAULT_MU})")
+    b.add_argument("--budget-mu", type=float, default=None, metavar="MU", help=f"target body FLOPs as a fraction of the all-open body, in (0, 1] (default {DEFAULT_MU})")
     b.add_argument("--budget-gflops", type=float, default=None, metavar="G",
-                   help="target total GFLOPs at the training size, converted to mu (stem, decoder and gates counted at their all-open cost)")
-    b.add_argument("--budget-lambda", type=float, default=None, help=f"weight of the budget loss (default {DEFAULT_LAMBDA})")
-    b.add_argument("--budget-warmup", type=float, default=None, help=f"fraction of training before the budget loss starts (default {DEFAULT_WARMUP})")
-    b.add_argument("--budget-ramp", type=float, default=None, help=f"fraction of training over which it ramps to full lambda (default {DEFAULT_RAMP})")
+                   help="target total GFLOPs at the validation size (--val-size), converted to mu (stem, decoder and gates "
+                   "counted at their all-open cost)")
+    b.add_argument("--budget-lambda", type=float, default=None, metavar="LAMBDA", help=f"weight of the budget loss (default {DEFAULT_LAMBDA})")
+    b.add_argument("--budget-warmup", type=float, default=None, metavar="FRAC", help=f"fraction of training before the budget loss starts (default {DEFAULT_WARMUP})")
+    b.add_argument("--budget-ramp", type=float, default=None, metavar="FRAC", help=f"fraction of training over which it ramps to full lambda (default {DEFAULT_RAMP})")
     b.add_argument("--no-budget", action="store_true", help="train without the budget loss")
     d = p.add_argument_group("data")
     d.add_argument("--data", default=None, help="synthetic (default), synthetic:small, synthetic:large, cityscapes:PATH or voc:PATH")
-    d.add_argument("--size", default=None, help="training crop HxW, multiples of 32 (default: the preset's input size)")
+    d.add_argument("--val-size", default=None, metavar="HxW",
+                   help="validation size used by `routespace evaluate` (default: synthetic data at the training size, "
+                   "real data at the preset's input size, e.g. 1024x2048)")
+    d.add_argument("--size", default=None, metavar="HxW", help="training crop HxW, multiples of 32 (default: paper 768x768, tiny 64x64)")
     t = p.add_argument_group("optimisation (defaults from the preset)")
-    t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None, help="images per step and process")
-    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps (tiny 1500, paper 190000)")
+    t.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per step and process (8)")
+    t.add_argument("--lr", type=float, default=None, help="base learning rate, poly-decayed (tiny 3e-3 AdamW, paper 0.05 SGD)")
     t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
-    t.add_argument("--weight-decay", type=float, default=None)
-    t.add_argument("--warmup-steps", type=int, default=None)
-    t.add_argument("--grad-clip", type=float, default=None, help="max gradient norm, 0 = off")
-    t.add_argument("--gate-lr-mult", type=float, default=None, help="lr multiplier for the gate heads")
-    t.add_argument("--drop-path", type=float, default=None, help="final scheduled drop-path rate on the cell branch")
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: about 20 per run)")
-    t.add_argument("--num-workers", type=int, default=None, help="data loader worker processes (default 0)")
+    t.add_argument("--weight-decay", type=float, default=None, metavar="WD", help="(1e-4)")
+    t.add_argument("--warmup-steps", type=int, default=None, metavar="N", help="linear lr warm-up steps")
+    t.add_argument("--grad-clip", type=float, default=None, metavar="NORM", help="max gradient norm, 0 = off")
+    t.add_argument("--gate-lr-mult", type=float, default=None, metavar="X", help="lr multiplier for the gate heads")
+    t.add_argument("--drop-path", type=float, default=None, metavar="P", help="final scheduled drop-path rate on the cell branch")
+    t.add_argument("--seed", type=int, default=None, help="seeds init, data order and every RNG (0)")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="steps between checkpoints (default: about 20 per run)")
+    t.add_argument("--num-workers", type=int, default=None, metavar="N", help="data loader worker processes (default 0)")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.set_defaults(func=run)
@@ -155,9 +161,11 @@ def run(args: argparse.Namespace) -> int:
     preset_name = _pick(args.preset, prev.get("preset"), "tiny")
     space = preset(preset_name)
     data = _pick(args.data, prev.get("data"), "synthetic")
-    size = parse_size(args.size) if args.size else tuple(prev.get("size") or space.input_size)
+    size = parse_size(args.size) if args.size else tuple(prev.get("size") or TRAIN_SIZES.get(preset_name, space.input_size))
+    default_val = size if data.startswith("synthetic") else space.input_size
+    val_size = parse_size(args.val_size) if args.val_size else tuple(prev.get("val_size") or default_val)
     train_set = load_dataset(data, "train", size=size)
-    load_dataset(data, "val", size=size)  # a missing val split should fail now, not after training
+    load_dataset(data, "val", size=val_size)  # a missing val split should fail now, not after training
     classes = getattr(train_set, "num_classes", space.num_classes)
     if classes != space.num_classes:
         space = dataclasses.replace(space, num_classes=classes)
@@ -167,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         arch = Architecture.from_dict(prev["arch"])
     elif arch_text is not None:
         arch = _load_arch(arch_text, space)
-    budget = _budget(args, prev, space, size)
+    budget = _budget(args, prev, space, val_size)  # GFLOPs as `routespace evaluate` reports them
 
     prev_cfg = prev.get("config", {})
     overrides = {f: _pick(getattr(args, f), prev_cfg.get(f), None) for f in _CONFIG_FLAGS}
@@ -191,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         from ..spaces.supernet import body_flops_all_open
 
         extra_loss = BudgetLoss(body_flops_all_open(space, size), budget["mu"], budget["lambda"], budget["warmup"], budget["ramp"])
-    cli = {"preset": preset_name, "data": data, "size": list(size), "budget": budget,
+    cli = {"preset": preset_name, "data": data, "size": list(size), "val_size": list(val_size), "budget": budget,
            "arch": arch.to_dict() if arch is not None else None}
     meta = {
         "kind": kind, "spec": spec, "extra": {"cli": cli},

@@ -112,12 +112,13 @@ class TrainConfig:
         return cls(**data)
 
 
-# Defaults of `routespace train --preset NAME` (the dynamic supernet). paper: the settings of Li et al.
-# (SGD momentum 0.9, lr 0.05, poly 0.9, batch 8, 186K iterations). tiny: sized so the default run takes
-# minutes on 2 CPU cores; AdamW because SGD at lr 0.05 closed every gate for good within ~100 steps
-# on this preset (relu(tanh) has no gradient once closed).
+# Defaults of `routespace train --preset NAME` (the dynamic supernet). paper: the released configs of Li et al.
+# (github.com/yanwei-li/DynamicRouting: SGD lr 0.05, poly 0.9, batch 8, 190K iterations, grad clip 5, 768x768
+# crops; warm-up 1000 is detectron2's default). tiny: sized so the default run takes minutes on 2 CPU cores;
+# AdamW because SGD at lr 0.05 closed every gate for good within ~100 steps on this preset (relu(tanh) has
+# no gradient once closed).
 TRAIN_PRESETS: dict[str, dict] = {
-    "paper": dict(steps=186_000, batch_size=8, lr=0.05, optimizer="sgd", warmup_steps=1000, grad_clip=5.0),
+    "paper": dict(steps=190_000, batch_size=8, lr=0.05, optimizer="sgd", warmup_steps=1000, grad_clip=5.0),
     "tiny": dict(steps=1500, batch_size=8, lr=3e-3, optimizer="adamw", warmup_steps=50, grad_clip=5.0, gate_lr_mult=1.0),
 }
 
