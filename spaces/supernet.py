@@ -33,10 +33,12 @@ GateKey = tuple
 
 class SoftGate(nn.Module):
     """conv1x1 C -> C/2, BN, ReLU, global average pool, conv1x1 -> k (bias 1.5), relu(tanh(.)),
-    values below ``GATE_EPS`` set to exactly 0."""
+    values below ``GATE_EPS`` set to exactly 0. With ``revivable`` (default) closed gates still receive
+    the gradient of tanh in training (a straight-through relu), so they can reopen."""
 
-    def __init__(self, channels: int, outputs: int):
+    def __init__(self, channels: int, outputs: int, revivable: bool = True):
         super().__init__()
+        self.revivable = revivable
         half = channels // 2
         self.reduce = nn.Sequential(nn.Conv2d(channels, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
         self.fc = nn.Conv2d(half, outputs, 1, bias=True)
@@ -44,8 +46,15 @@ class SoftGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = F.adaptive_avg_pool2d(self.reduce(x), 1)
-        g = torch.relu(torch.tanh(self.fc(pooled).flatten(1)))
-        return g * (g >= GATE_EPS)
+        t = torch.tanh(self.fc(pooled).flatten(1))
+        g = torch.relu(t)
+        g = g * (g >= GATE_EPS)
+        if self.revivable and torch.is_grad_enabled():
+            # forward value unchanged; backward takes tanh's gradient even where the gate is closed, so
+            # the loss can reopen a closed gate (relu(tanh) alone has zero gradient there: a gate that
+            # closes once stays closed for good, and a budget pressure then collapses whole routes).
+            g = t + (g - t).detach()
+        return g
 
 
 def _key(node: Node) -> str:

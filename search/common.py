@@ -1,0 +1,169 @@
+"""Common-A/B/C: static Architectures extracted from the routes a trained dynamic net takes.
+
+The rule (DESIGN §6):
+
+1. Over a data set, an edge counts as *open* for an image when its gate value is above ``threshold``
+   (default ``GATE_EPS`` = 1e-4: the edge really executed in the skipping executor; gates of a node
+   without input are 0, so an edge is only open where its source node ran). Its *frequency* is the
+   fraction of images on which it is open. Last-layer nodes have a decoder edge with its own frequency.
+2. Common keeps the edges whose frequency is at least ``tau`` (default 0.5: open on most images); an
+   edge into a last-layer node is kept only if that node's decoder edge also has frequency >= tau.
+3. Repair: only edges on some stem -> last-layer path survive (dangling edges are dropped). If nothing
+   survives, the *widest path* is used instead: the stem-to-decoder single path whose least frequent
+   edge is most frequent (ties: higher summed frequency, then finer scales), so a Common net always exists.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import torch
+
+from ..spaces.architecture import Architecture
+from ..spaces.errors import RoutespaceError
+from ..spaces.space import Edge, Node, RoutingSpace
+from ..spaces.supernet import GATE_EPS, DynamicNet
+from .encoding import on_stem_to_decoder_paths
+
+DEFAULT_TAU = 0.5
+DEFAULT_THRESHOLD = GATE_EPS
+
+
+def _key_str(key: tuple) -> str:
+    return "_".join(str(v) for v in key)
+
+
+def _key_parse(text: str) -> tuple:
+    parts = text.split("_")
+    if parts[0] == "out":
+        return ("out", int(parts[1]), int(parts[2]))
+    return tuple(int(p) for p in parts)
+
+
+@dataclass(frozen=True)
+class EdgeFrequencies:
+    """How often each gate key (space edge, or ('out', layer, scale) for the decoder) was open."""
+
+    space: RoutingSpace
+    freq: Mapping[tuple, float]
+    num_images: int
+    threshold: float = DEFAULT_THRESHOLD
+
+    def edge_freq(self) -> dict[Edge, float]:
+        return {k: v for k, v in self.freq.items() if k[0] != "out"}
+
+    def to_dict(self) -> dict:
+        return {
+            "space": self.space.to_dict(),
+            "num_images": self.num_images,
+            "threshold": self.threshold,
+            "freq": {_key_str(k): float(v) for k, v in sorted(self.freq.items(), key=lambda kv: str(kv[0]))},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EdgeFrequencies":
+        try:
+            return cls(
+                RoutingSpace.from_dict(data["space"]),
+                {_key_parse(k): float(v) for k, v in data["freq"].items()},
+                int(data["num_images"]),
+                float(data["threshold"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RoutespaceError(f"not an edge-frequency record ({exc}): expected space, freq, num_images, threshold") from None
+
+
+@torch.no_grad()
+def edge_frequencies(
+    model: DynamicNet,
+    dataset,
+    threshold: float = DEFAULT_THRESHOLD,
+    batch_size: int = 16,
+    max_images: int | None = None,
+) -> EdgeFrequencies:
+    """Run the dynamic net (eval mode) over ``dataset`` and count how often each gate is open."""
+    if not isinstance(model, DynamicNet):
+        raise RoutespaceError("edge frequencies need a dynamic net (a DynamicNet), not a static one")
+    was_training = model.training
+    model.eval()
+    counts: dict[tuple, float] = {}
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    seen = 0
+    try:
+        for start in range(0, n, batch_size):
+            images = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch_size))])
+            out = model(images)
+            for key, g in out.edge_gates.items():
+                counts[key] = counts.get(key, 0.0) + float((g > threshold).sum())
+            seen += images.shape[0]
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise RoutespaceError("the data set is empty: edge frequencies need at least one image")
+    return EdgeFrequencies(model.space, {k: v / seen for k, v in counts.items()}, seen, threshold)
+
+
+def widest_path(space: RoutingSpace, freq: Mapping[tuple, float]) -> list[Edge]:
+    """The stem-to-decoder single path maximising its least frequent edge (then the summed frequency)."""
+    best: dict[Node, tuple[float, float, Edge | None]] = {(0, 0): (math.inf, 0.0, None)}
+    for layer in range(1, space.layers + 1):
+        for dst in space.scales_at(layer):
+            options = []
+            for e in space.in_edges((layer, dst)):
+                src = (layer - 1, e[1])
+                if src in best:
+                    f = freq.get(e, 0.0)
+                    options.append((min(best[src][0], f), best[src][1] + f, -e[1], e))
+            if options:
+                width, total, _, edge = max(options)
+                best[(layer, dst)] = (width, total, edge)
+    ends = []
+    for s in space.scales_at(space.layers):
+        w, t, _ = best[(space.layers, s)]
+        f = freq.get(("out", space.layers, s), 1.0)
+        ends.append((min(w, f), t + f, -s))
+    node: Node = (space.layers, -max(ends)[2])
+    path = []
+    while node != (0, 0):
+        edge = best[node][2]
+        assert edge is not None
+        path.append(edge)
+        node = (edge[0] - 1, edge[1])
+    return sorted(path)
+
+
+def common_architecture(
+    freqs: EdgeFrequencies, tau: float = DEFAULT_TAU, name: str = "common"
+) -> Architecture:
+    """The Common Architecture of the edges open on at least a fraction ``tau`` of images, repaired."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau <= 1:
+        raise RoutespaceError(f"tau must be in (0, 1], got {tau!r}: it is the fraction of images an edge must be open on")
+    space = freqs.space
+    last = space.layers
+    kept = []
+    for e, f in freqs.edge_freq().items():
+        if f < tau:
+            continue
+        if e[0] == last and freqs.freq.get(("out", last, e[2]), 1.0) < tau:
+            continue
+        kept.append(e)
+    edges = on_stem_to_decoder_paths(space, kept)
+    if not edges:
+        edges = frozenset(widest_path(space, freqs.freq))
+    return Architecture(space, frozenset(edges), name=name)
+
+
+def route_of(out_edge_gates: Mapping[tuple, torch.Tensor], index: int, threshold: float = DEFAULT_THRESHOLD) -> set[tuple]:
+    """The gate keys open for image ``index`` of a batch (its route)."""
+    return {k for k, g in out_edge_gates.items() if float(g[index]) > threshold}
+
+
+def frequencies_from_routes(space: RoutingSpace, routes: Iterable[set[tuple]], threshold: float = DEFAULT_THRESHOLD) -> EdgeFrequencies:
+    """Edge frequencies from per-image routes (sets of open gate keys)."""
+    routes = list(routes)
+    if not routes:
+        raise RoutespaceError("no routes given")
+    keys = list(space.edges()) + [("out", space.layers, s) for s in space.scales_at(space.layers)]
+    freq = {k: sum(k in r for r in routes) / len(routes) for k in keys}
+    return EdgeFrequencies(space, freq, len(routes), threshold)
