@@ -1,0 +1,171 @@
+"""The search engine in-process: contract over every registered strategy, budgets, de-duplication,
+stale-trial recovery on SQLite and JournalFile, resume checks. A cheap injected evaluator keeps it fast."""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+
+import optuna
+import pytest
+
+from routespace.evaluators.cost import architecture_cost
+from routespace.evaluators.proxy import EvalResult, synthetic_score
+from routespace.search.budget import ArchBudget, SearchBudget, cheapest_architecture
+from routespace.search.config import SearchConfig
+from routespace.search.engine import SearchSession, open_study
+from routespace.search.export import pareto_front
+from routespace.search.run import run_search
+from routespace.search.storage import fail_stale, open_storage
+from routespace.search.strategy import STRATEGIES
+from routespace.spaces.architecture import Architecture, load_architecture
+from routespace.spaces.errors import RoutespaceError
+from routespace.spaces.space import preset
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+TINY = preset("tiny")
+CHEAPEST = architecture_cost(cheapest_architecture(TINY)).gflops
+BUDGET = round(CHEAPEST * 1.35, 6)  # admits a fraction of the space, so rejections happen
+
+
+class SpyEvaluator:
+    """Records every architecture it is asked to train; score = the synthetic closed form."""
+
+    steps_per_trial = 3
+
+    def __init__(self) -> None:
+        self.seen: list[Architecture] = []
+
+    def __call__(self, arch, seed=0):
+        self.seen.append(arch)
+        return EvalResult(synthetic_score(arch), 3, 24, 0.001)
+
+
+def _config(tmp_path, strategy, encoding="path", trials=4, **kw):
+    options = {"search_steps": 1, "batch_size": 2} if strategy == "nni-darts" else {}
+    return SearchConfig(space=TINY, encoding=encoding, strategy=strategy, strategy_options=options,
+                        arch_budget=ArchBudget(max_gflops=BUDGET), search_budget=SearchBudget(trials=trials),
+                        evaluator={"kind": "synthetic"}, storage=f"sqlite:///{tmp_path / 'study.db'}",
+                        heartbeat_interval=1, grace_period=2, **kw)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("encoding", ["path", "subgraph"])
+def test_contract_every_strategy_gives_valid_architectures_within_budget(tmp_path, strategy, encoding):
+    spy = SpyEvaluator()
+    outcome = run_search(_config(tmp_path, strategy, encoding), tmp_path / "out", spy)
+    study = optuna.load_study(study_name=f"tiny-{encoding}-{strategy}", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4, outcome.stop_reason
+    for t in study.trials:
+        arch = Architecture.from_json(t.user_attrs["spec"])
+        gflops = architecture_cost(arch).gflops  # independent recomputation
+        assert abs(gflops - t.user_attrs["gflops"]) < 1e-12
+        if t.state.name == "COMPLETE":
+            assert gflops <= BUDGET
+            for key in ("spec", "gflops", "params_m", "miou", "train_steps", "train_seconds"):
+                assert key in t.user_attrs
+        else:
+            assert t.state.name == "PRUNED" and gflops > BUDGET and "miou" not in t.user_attrs
+            assert t.system_attrs["constraints:gflops"] > 0
+    assert all(architecture_cost(a).gflops <= BUDGET for a in spy.seen)  # nothing over budget was trained
+    assert len(set(spy.seen)) == len(spy.seen)  # nothing trained twice
+    folder = "pareto" if STRATEGIES[strategy].endswith("NSGA2Strategy") else "best"
+    files = sorted((tmp_path / "out" / folder).glob("*.json"))
+    assert files
+    for f in files:
+        assert architecture_cost(load_architecture(str(f))).gflops <= BUDGET
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["counts"]["complete"] == 4
+
+
+def test_duplicates_are_not_trained_again(tmp_path):
+    """A sampler that always proposes the same path: trained once, the rest copy its result."""
+    config = _config(tmp_path, "random", trials=3)
+    study, storage = open_study(config)
+    spy = SpyEvaluator()
+    session = SearchSession(config, study, storage, spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fixed = optuna.samplers.PartialFixedSampler({f"move_{l}": 0 for l in range(1, 9)}, optuna.samplers.RandomSampler(0))
+    session.optimize(fixed)
+    trials = study.get_trials()
+    assert len(spy.seen) == 1
+    assert [t.user_attrs.get("duplicate_of") for t in trials] == [None, 0, 0]
+    assert [t.user_attrs["train_steps"] for t in trials] == [3, 0, 0]
+    assert len({t.value for t in trials}) == 1
+
+
+def test_tpe_learns_from_rejections(tmp_path):
+    """Rejected candidates carry positive constraint values that TPE reads (infeasible ranked last)."""
+    config = _config(tmp_path, "tpe", encoding="subgraph", trials=6)
+    run_search(config, tmp_path / "out", SpyEvaluator())
+    study = optuna.load_study(study_name="tiny-subgraph-tpe", storage=config.storage)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned and all(t.constraints["gflops"] > 0 and t.user_attrs["rejected"].startswith("over budget") for t in pruned)
+    feasible = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert all(t.constraints["gflops"] <= 0 for t in feasible)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_stale_trial_is_failed_and_its_params_rerun(tmp_path, kind):
+    """A RUNNING trial whose worker died (no heartbeat) is failed after the grace period and re-run."""
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:{tmp_path / 's.log'}"
+    config = _config(tmp_path, "random", trials=2).with_(storage=url)
+    study, storage = open_study(config)
+    dead = study.ask()  # a worker that asked, drew its params, beat once, then was killed
+    arch = config.make_encoding().suggest(dead)
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(config.grace_period + 1.2)
+    spy = SpyEvaluator()
+    session = SearchSession(config, study, storage, spy)
+    session.optimize(optuna.samplers.RandomSampler(5))
+    trials = study.get_trials()
+    assert trials[0].state.name == "FAIL"
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == dead.params
+    assert spy.seen[0] == arch  # the retry ran first, with the dead trial's architecture
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+
+
+def test_fresh_heartbeat_is_not_stale(tmp_path):
+    config = _config(tmp_path, "random").with_(storage=f"journal:{tmp_path / 'j.log'}")
+    study, storage = open_study(config)
+    t = study.ask()
+    storage.record_heartbeat(t._trial_id)
+    fail_stale(study)
+    assert study.get_trials()[0].state.name == "RUNNING"
+
+
+def test_resume_checks(tmp_path):
+    config = _config(tmp_path, "random", trials=2)
+    with pytest.raises(RoutespaceError, match="no storage"):
+        open_study(config, resume=True)
+    run_search(config, tmp_path / "out", SpyEvaluator())
+    with pytest.raises(RoutespaceError, match="no study 'other'"):
+        open_study(config.with_(study="other"), resume=True)
+    with pytest.raises(RoutespaceError, match="other settings"):
+        open_study(config.with_(seed=7))
+    # the same settings continue the study; a larger --trials extends it
+    outcome = run_search(config.with_(search_budget=SearchBudget(trials=3)), tmp_path / "out", SpyEvaluator(), resume=True)
+    assert outcome.summary["counts"]["complete"] == 3
+
+
+def test_bad_storage_urls_are_one_line_errors(tmp_path):
+    for url in (f"sqlite:///{tmp_path}/missing/dir/x.db", f"journal:{tmp_path}/missing/x.log", "nosuchscheme",
+                "postgresql://nobody@127.0.0.1:1/db"):
+        with pytest.raises(RoutespaceError, match="storage") as err:
+            open_storage(url, 1)
+        assert "\n" not in str(err.value)
+    (tmp_path / "notadb.db").write_text("hello, not a database\n" * 10)
+    before = (tmp_path / "notadb.db").read_bytes()
+    with pytest.raises(RoutespaceError, match="cannot open storage"):
+        open_storage(f"sqlite:///{tmp_path / 'notadb.db'}", 1)
+    assert (tmp_path / "notadb.db").read_bytes() == before
+
+
+def test_pareto_front_known_answer():
+    rec = lambda n, m, g: {"number": n, "state": "COMPLETE", "miou": m, "gflops": g, "duplicate_of": None}  # noqa: E731
+    records = [rec(0, 0.5, 1.0), rec(1, 0.6, 2.0), rec(2, 0.55, 2.5), rec(3, 0.7, 3.0), rec(4, 0.4, 0.5)]
+    assert [r["number"] for r in pareto_front(records)] == [4, 0, 1, 3]
