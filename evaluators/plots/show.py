@@ -17,7 +17,7 @@ def show(target, *, preset: str | None = None, what: str | None = None, images: 
     - a training run folder (``routespace train --out``): static -> its grid; dynamic -> ``what`` =
       ``grid`` (edge open frequencies over the first ``images`` validation images), ``routes`` (four images
       with the smallest and largest objects) or ``histogram`` (realised GFLOPs, budget target marked);
-    - a search folder (with ``study.db``): ``history``;
+    - a search folder (with ``study.db``): ``history`` (default) or ``pareto`` (trials' mIoU vs GFLOPs);
     - a JSON results file (a list, or {"results": [...]}, of {label, gflops, miou, group}): ``pareto``.
     """
     from ...spaces.architecture import Architecture
@@ -78,16 +78,31 @@ def _search(path: Path, what, title):
 
     from .history import plot_history
 
-    _only(what, "history", path)
+    if what not in (None, "history", "pareto"):
+        raise RoutespaceError(f"a search folder can be shown as history or pareto, not {what!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{path / 'study.db'}"
     names = optuna.get_all_study_names(storage)
     if not names:
         raise RoutespaceError(f"{path / 'study.db'} holds no study")
     study = optuna.load_study(study_name=names[0], storage=storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    evaluator = next((t.user_attrs.get("evaluator") for t in done if t.user_attrs.get("evaluator")), None)
+    if isinstance(evaluator, dict):
+        evaluator = evaluator.get("evaluator") or evaluator.get("name")
+    source = f" ({evaluator} evaluator)" if evaluator else ""
+    if what == "pareto":
+        from .pareto import plot_pareto
+
+        points = [(f"trial {t.number}", t.user_attrs["gflops"], t.user_attrs["miou"], "search")
+                  for t in done if "gflops" in t.user_attrs and "miou" in t.user_attrs]
+        if not points:
+            raise RoutespaceError(f"study {names[0]!r} has no trials with 'gflops' and 'miou' to plot")
+        return plot_pareto(points, title=title or f"study '{names[0]}'{source}: mIoU vs GFLOPs", max_labels=12)
     if len(study.directions) != 1:
-        raise RoutespaceError(f"study {names[0]!r} has several objectives: show its trials with the Pareto view")
-    return plot_history(study, objective="objective", title=title or f"search history of study '{names[0]}'")
+        raise RoutespaceError(f"study {names[0]!r} has several objectives: show it with --what pareto")
+    objective = "mIoU" if any("miou" in t.user_attrs for t in done) else "objective"
+    return plot_history(study, objective=objective, title=title or f"search history of study '{names[0]}'{source}")
 
 
 def _run(path: Path, what, images: int, title):
