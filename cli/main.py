@@ -9,7 +9,7 @@ from ..spaces.errors import RoutespaceError
 
 # Each entry: module under routespace.cli that defines ``register(subparsers)``; imported lazily so
 # `routespace flops` does not pay for optuna/nni imports.
-COMMAND_MODULES = ["space_cmd", "flops_cmd", "export_cmd", "show_cmd", "train_cmd", "evaluate_cmd", "search_cmd"]
+COMMAND_MODULES = ["space_cmd", "flops_cmd", "export_cmd", "show_cmd", "train_cmd", "evaluate_cmd", "search_cmd", "extract_cmd", "compare_cmd"]
 
 
 class _Parser(argparse.ArgumentParser):
