@@ -44,6 +44,7 @@ class SpyEvaluator:
 
 def _config(tmp_path, strategy, encoding="path", trials=4, **kw):
     options = {"search_steps": 1, "batch_size": 2} if strategy == "nni-darts" else {}
+    options.update(kw.pop("strategy_options", {}))
     return SearchConfig(space=TINY, encoding=encoding, strategy=strategy, strategy_options=options,
                         arch_budget=ArchBudget(max_gflops=BUDGET), search_budget=SearchBudget(trials=trials),
                         evaluator={"kind": "synthetic"}, storage=f"sqlite:///{tmp_path / 'study.db'}",
@@ -169,3 +170,44 @@ def test_pareto_front_known_answer():
     rec = lambda n, m, g: {"number": n, "state": "COMPLETE", "miou": m, "gflops": g, "duplicate_of": None}  # noqa: E731
     records = [rec(0, 0.5, 1.0), rec(1, 0.6, 2.0), rec(2, 0.55, 2.5), rec(3, 0.7, 3.0), rec(4, 0.4, 0.5)]
     assert [r["number"] for r in pareto_front(records)] == [4, 0, 1, 3]
+
+
+def test_nni_evolution_resumes_its_population_from_the_study(tmp_path):
+    """A resumed NNI search rebuilds population and de-dup history from the study: no proposal repeats."""
+    from routespace.search.nni_adapter import NNIEvolutionStrategy
+
+    config = _config(tmp_path, "nni-evolution", encoding="subgraph", trials=4,
+                     strategy_options={"population_size": 3})
+    run_search(config, tmp_path / "out", SpyEvaluator())
+    study, storage = open_study(config)
+    session = SearchSession(config, study, storage, SpyEvaluator())
+    state = NNIEvolutionStrategy._state_from_study(session, 3, __import__("numpy"))
+    done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert [ind.y for ind in state["population"]] == [t.user_attrs["miou"] for t in done][-3:]
+    assert len(state["dedup_history"]) == len({json.dumps(t.params, sort_keys=True) for t in study.get_trials()})
+    run_search(config.with_(search_budget=SearchBudget(trials=7)), tmp_path / "out", SpyEvaluator(), resume=True)
+    params = [json.dumps(t.params, sort_keys=True) for t in study.get_trials() if t.state.name != "FAIL"]
+    assert len(params) == len(set(params))  # NNI never proposed a sample twice across the resume
+    assert sum(t.state.name == "COMPLETE" for t in study.get_trials()) == 7
+
+
+def test_real_proxy_training_a_few_steps(tmp_path):
+    """The real proxy: a handful of training steps; seeded (same result twice) and its compute recorded."""
+    import torch
+
+    torch.set_num_threads(1)
+    config = _config(tmp_path, "random", trials=2).with_(
+        evaluator={"kind": "proxy", "steps": 3, "batch_size": 2, "val_images": 4})
+    run_search(config, tmp_path / "out")
+    study = optuna.load_study(study_name="tiny-path-random", storage=config.storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 2
+    for t in done:
+        u = t.user_attrs
+        assert u["train_steps"] == 3 and u["train_images"] == 6 and u["train_seconds"] > 0
+        assert 0.0 <= u["miou"] <= 1.0 and u["evaluator"]["evaluator"] == "proxy"
+    from routespace.evaluators.proxy import ProxyConfig, ProxyEvaluator
+
+    arch = Architecture.from_json(done[0].user_attrs["spec"])
+    again = ProxyEvaluator(ProxyConfig(steps=3, batch_size=2, val_images=4))(arch, seed=0)
+    assert again.miou == done[0].user_attrs["miou"]
