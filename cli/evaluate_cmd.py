@@ -25,6 +25,17 @@ _ROWS = [
 ]
 
 
+def format_table(result: dict, kind: str | None, run, threads: int) -> str:
+    """The human-readable form of an evaluation result (pure; ``--json`` prints everything)."""
+    h, w = result["size"]
+    lines = [f"{kind} net from {run} (step {result.get('step')}), {result.get('data')} val: {result['images']} images "
+             f"at {h}x{w}, {result['device']}, {threads} torch threads"]
+    for key, label, fmt in _ROWS:
+        if result.get(key) is not None:
+            lines.append(f"  {label:40s} {fmt.format(result[key])}")
+    return "\n".join(lines)
+
+
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run on its validation split (mIoU, GFLOPs, latency)")
     p.add_argument("run", metavar="RUN", help="run folder written by `routespace train`")
@@ -66,10 +77,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
         return 0
-    h, w = result["size"]
-    print(f"{manifest.get('kind')} net from {args.run} (step {result['step']}), {data} val: {result['images']} images at {h}x{w}, "
-          f"{result['device']}, {torch.get_num_threads()} torch threads")
-    for key, label, fmt in _ROWS:
-        if result.get(key) is not None:
-            print(f"  {label:40s} {fmt.format(result[key])}")
+    print(format_table(result, manifest.get("kind"), args.run, torch.get_num_threads()))
     return 0

@@ -520,9 +520,10 @@ def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, 
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
                     stopping = _agree_stop(stop.signum is not None, dinfo)
                     if stopping or step == total or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                        final = step == total
-                        path = run.save(checkpoint_state(step), step, final=final)
+                        # history first: a kill between the two leaves history ahead of the checkpoint,
+                        # which resuming trims (behind it, steps would be missing)
                         run.write_history(history)
+                        path = run.save(checkpoint_state(step), step, final=step == total)
                         run.write_manifest(step=step)
                     if stopping and step < total:  # (a signal after the last step changes nothing)
                         bar.close()

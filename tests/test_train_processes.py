@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 
 from routespace.evaluators.checkpoint import load_checkpoint
-from test_train_support import PYTHON, REPO, subprocess_env, write_worker
+from routespace.evaluators.train import TrainConfig, fit
+from test_train_support import PYTHON, NoiseSegmentation, micro_net, subprocess_env, worker_config, write_worker
+
+_worker_config = worker_config
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 90.0, what: str = "") -> None:
@@ -34,28 +37,29 @@ def _run_worker(worker: Path, args: dict, **kw) -> subprocess.Popen:
 def test_sigkill_between_checkpoints_then_resume_equals_uninterrupted(tmp_path):
     worker = write_worker(tmp_path)
     common = dict(steps=12, checkpoint_every=3, images=24)
-    ref = _run_worker(worker, dict(common, out=str(tmp_path / "ref")))
     # slowed down (sleep in the data set, which does not change what is computed) so the kill lands mid-run
     victim_dir = tmp_path / "victim"
     victim = _run_worker(worker, dict(common, out=str(victim_dir), delay=0.03))
+    # meanwhile, the uninterrupted reference in this process (same settings and thread count as the worker)
+    torch.set_num_threads(1)
+    ref_dir = tmp_path / "ref"
+    fit(micro_net(0), NoiseSegmentation(24), _worker_config(common), out_dir=ref_dir, progress=False)
     ckpt = victim_dir / "checkpoints" / "step-00000006.pt"
     _wait_for(ckpt.exists, victim, what="the step-6 checkpoint")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (victim_dir / "checkpoints" / "final.pt").exists(), "the run finished before the kill"
     assert json.loads((victim_dir / "manifest.json").read_text())["status"] == "running"
-    resumed = _run_worker(worker, dict(common, out=str(victim_dir), resume=True))
-    for proc in (ref, resumed):
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-    a = torch.load(tmp_path / "ref" / "checkpoints" / "final.pt", weights_only=True)
+    resumed = fit(micro_net(5), NoiseSegmentation(24), _worker_config(common), out_dir=victim_dir, resume=True, progress=False)
+    assert resumed.start_step >= 6
+    a = torch.load(ref_dir / "checkpoints" / "final.pt", weights_only=True)
     b = torch.load(victim_dir / "checkpoints" / "final.pt", weights_only=True)
     assert a["step"] == b["step"] == 12
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.allclose(a["model"][k].double(), b["model"][k].double(), rtol=0, atol=1e-6), k
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
-    ha = json.loads((tmp_path / "ref" / "history.json").read_text())["steps"]
+    ha = json.loads((ref_dir / "history.json").read_text())["steps"]
     hb = json.loads((victim_dir / "history.json").read_text())["steps"]
     assert [h["loss"] for h in ha] == [h["loss"] for h in hb]  # the same batches, in the same order
     assert json.loads((victim_dir / "manifest.json").read_text())["status"] == "done"

@@ -77,10 +77,10 @@ from routespace.evaluators.train import TrainConfig, fit
 from routespace.spaces.errors import RoutespaceError
 
 args = json.loads(sys.argv[1])
+from test_train_support import worker_config
 net = micro_net(args.get("init_seed", 0))
 data = NoiseSegmentation(args.get("images", 32), delay=args.get("delay", 0.0))
-cfg = TrainConfig(steps=args["steps"], batch_size=args.get("batch_size", 4), lr=0.05,
-                  checkpoint_every=args.get("checkpoint_every", 0), keep_checkpoints=0, seed=3)
+cfg = worker_config(args)
 try:
     fit(net, data, cfg, out_dir=args.get("out"), resume=args.get("resume", False), progress=False)
 except RoutespaceError as exc:
@@ -91,6 +91,14 @@ if args.get("digest"):
     with open(f"{args['digest']}.{rank}", "w") as fh:
         fh.write(param_digest(net, buffers=False))
 '''
+
+
+def worker_config(args: dict):
+    """The TrainConfig of the worker script (also used in-process for reference runs)."""
+    from routespace.evaluators.train import TrainConfig
+
+    return TrainConfig(steps=args["steps"], batch_size=args.get("batch_size", 4), lr=0.05,
+                       checkpoint_every=args.get("checkpoint_every", 0), keep_checkpoints=0, seed=3)
 
 
 def write_worker(folder: Path) -> Path:
