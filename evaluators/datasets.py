@@ -132,20 +132,19 @@ def fit_to_size(
 
 
 class FolderSegmentation(Dataset):
-    """Base for image/label pairs on disk: subclasses fill ``pairs`` and decode their label files."""
+    """Base for image/label pairs on disk: subclasses find the pairs and decode their label files."""
 
     ignore_index = IGNORE_INDEX
     class_names: tuple[str, ...] = ()
 
     def __init__(
         self,
-        pairs: list[tuple[Path, Path]],
+        root: str | Path,
         split: str,
         size: int | tuple[int, int] | None = None,
         mode: str | None = None,
         seed: int = 0,
     ) -> None:
-        self.pairs = pairs
         self.split = split
         self.size = _size_pair(size)
         self.mode = mode or ("random_crop" if split == "train" else "resize")
@@ -153,6 +152,11 @@ class FolderSegmentation(Dataset):
             raise RoutespaceError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         self.seed = int(seed)
         self.epoch = 0
+        self.root, self.pairs = self._find_pairs(Path(root).expanduser(), split)
+
+    def _find_pairs(self, root: Path, split: str) -> tuple[Path, list[tuple[Path, Path]]]:
+        """The data set's root folder and its (image, label) file pairs; checks the layout."""
+        raise NotImplementedError
 
     @property
     def num_classes(self) -> int:
@@ -208,15 +212,7 @@ class CityscapesSegmentation(FolderSegmentation):
 
     class_names = CITYSCAPES_CLASSES
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        size: int | tuple[int, int] | None = None,
-        mode: str | None = None,
-        seed: int = 0,
-    ) -> None:
-        root = Path(root).expanduser()
+    def _find_pairs(self, root: Path, split: str) -> tuple[Path, list[tuple[Path, Path]]]:
         _require_dir(root, _CITYSCAPES_LAYOUT)
         _require_dir(root / "leftImg8bit", _CITYSCAPES_LAYOUT)
         _require_dir(root / "gtFine", _CITYSCAPES_LAYOUT)
@@ -236,8 +232,7 @@ class CityscapesSegmentation(FolderSegmentation):
             pairs.append((img_path, label_path))
         if not pairs:
             raise RoutespaceError(f"no images in {img_dir}: {_CITYSCAPES_LAYOUT}")
-        self.root = root
-        super().__init__(pairs, split, size, mode, seed)
+        return root, pairs
 
     def read_label(self, path: Path) -> np.ndarray:
         with Image.open(path) as im:
@@ -265,15 +260,7 @@ class VOCSegmentation(FolderSegmentation):
 
     class_names = VOC_CLASSES
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        size: int | tuple[int, int] | None = None,
-        mode: str | None = None,
-        seed: int = 0,
-    ) -> None:
-        root = Path(root).expanduser()
+    def _find_pairs(self, root: Path, split: str) -> tuple[Path, list[tuple[Path, Path]]]:
         _require_dir(root, _VOC_LAYOUT)
         for sub in (Path("VOCdevkit") / "VOC2012", Path("VOC2012")):
             if not (root / "JPEGImages").is_dir() and (root / sub / "JPEGImages").is_dir():
@@ -294,8 +281,7 @@ class VOCSegmentation(FolderSegmentation):
             pairs.append((img_path, label_path))
         if not pairs:
             raise RoutespaceError(f"{list_file} lists no images: one image id per line, e.g. 2007_000032")
-        self.root = root
-        super().__init__(pairs, split, size, mode, seed)
+        return root, pairs
 
     def read_label(self, path: Path) -> np.ndarray:
         with Image.open(path) as im:
