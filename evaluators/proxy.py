@@ -146,7 +146,12 @@ class ProxyEvaluator:
                 tcfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
             torch.manual_seed(int(seed))
             model = build(arch)
-            result = fit(model, train_set, tcfg, progress=False)
+            try:
+                result = fit(model, train_set, tcfg, progress=False)
+            except RoutespaceError as exc:
+                if str(exc).startswith("interrupted"):  # Ctrl-C / SIGTERM inside fit: the trial is retried
+                    raise KeyboardInterrupt from None
+                raise
             t0 = time.perf_counter()
             metrics = evaluate(model, val_set, batch_size=cfg.batch_size, device="cpu", latency_repeats=0)
             eval_seconds = time.perf_counter() - t0

@@ -98,7 +98,7 @@ def _cells_for(edges, cells: dict) -> tuple:
 
 
 def sample_candidates(space: RoutingSpace, kind: str, weights: dict[Edge, float], cells: dict, fits, count: int,
-                      seed: int, tries: int = 2000) -> list[Architecture]:
+                      seed: int, tries: int = 1000) -> list[Architecture]:
     """Distinct architectures drawn from the learned distribution (seeded), repaired, within budget."""
     import random
 
@@ -286,7 +286,7 @@ class DartsStrategy(Strategy):
         if session.encoding.kind == "path" and len({e[0] for e in first.edges}) != len(first.edges):
             first = None
         more = sample_candidates(config.space, session.encoding.kind, weights, cells, fits,
-                                 config.search_budget.trials + 50, seed=config.seed)
+                                 2 * config.search_budget.trials + 10, seed=config.seed)
         candidates = ([first] if first is not None else []) + [a for a in more if a != first]
         done = {t.user_attrs.get("spec_key") for t in session.study.get_trials(deepcopy=False)
                 if t.state.name in ("COMPLETE", "PRUNED")}
