@@ -33,7 +33,7 @@ def plot_flops_histogram(
     ax.set_xlabel(xlabel, fontsize=FONT)
     ax.set_ylabel("images", fontsize=FONT)
     ax.tick_params(labelsize=SMALL)
-    ax.legend(fontsize=SMALL, loc="upper left", frameon=False)
+    ax.legend(fontsize=SMALL, loc="upper left", frameon=True, framealpha=0.92, edgecolor="none")
     ax.set_title(title or "realised cost per image", fontsize=FONT + 1, loc="left")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
