@@ -61,9 +61,10 @@ def _wait(cond, timeout=90.0, what="condition"):
 
 
 def _running_in(url, study, pid, min_complete=1):
-    """A trial of worker ``pid`` that is mid-training, once ``min_complete`` trials are done."""
+    """A trial of worker ``pid`` that is mid-training, once that worker completed ``min_complete`` trials."""
     trials = _trials(url, study)
-    if sum(t.state.name == "COMPLETE" for t in trials) < min_complete:
+    mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{pid}")]
+    if sum(t.state.name == "COMPLETE" for t in mine) < min_complete:
         return None
     for t in trials:
         if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{pid}") and "spec" in t.user_attrs:
@@ -112,7 +113,7 @@ def _two_workers_one_killed(tmp_path, url):
     b = subprocess.Popen(_args(outs[1], "--storage", url, trials=8, study="shared"), env=_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        killed = _wait(lambda: _running_in(url, "shared", a.pid, 2), what="worker A mid-trial")
+        killed = _wait(lambda: _running_in(url, "shared", a.pid, 1), what="worker A mid-trial")
         a.send_signal(signal.SIGKILL)
         a.wait()
         _, err = b.communicate(timeout=180)
