@@ -13,8 +13,12 @@ from .space import RoutingSpace, edge_kind
 
 
 def upsample_to(x: torch.Tensor, size: tuple[int, int] | list[int] | torch.Size) -> torch.Tensor:
-    """Bilinear upsampling to an exact target size (safe for sizes that are not powers of two)."""
-    return F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+    """Bilinear upsampling to an exact target size (safe for sizes that are not powers of two).
+
+    While tracing, the size stays a traced value, so exported graphs follow the input size."""
+    if not torch.jit.is_tracing():
+        size = (int(size[0]), int(size[1]))
+    return F.interpolate(x, size=(size[0], size[1]), mode="bilinear", align_corners=False)
 
 
 def sep_conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:

@@ -10,7 +10,6 @@ import contextlib
 import io
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -24,27 +23,6 @@ STATE_DICT_VERSION = 1
 DEFAULT_TRACE_SIZE = (64, 64)
 
 
-def _traceable_upsample(x: torch.Tensor, size) -> torch.Tensor:
-    # cells.upsample_to casts the size to int, which freezes H and W into a trace; while tracing we keep
-    # the traced sizes so the exported graph stays shape-polymorphic (checked at several sizes in tests).
-    if not torch.jit.is_tracing():
-        size = (int(size[0]), int(size[1]))
-    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-@contextlib.contextmanager
-def traceable_upsampling() -> Iterator[None]:
-    """Temporarily route the builder's bilinear upsampling through a trace-friendly version."""
-    from .. import cells
-
-    original = cells.upsample_to
-    cells.upsample_to = _traceable_upsample
-    try:
-        yield
-    finally:
-        cells.upsample_to = original
-
-
 def example_input(arch: Architecture, size: tuple[int, int] | None = None, batch: int = 1) -> torch.Tensor:
     h, w = size or DEFAULT_TRACE_SIZE
     return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
@@ -53,7 +31,7 @@ def example_input(arch: Architecture, size: tuple[int, int] | None = None, batch
 def trace(net: StaticNet, size: tuple[int, int] | None = None) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` of an eval-mode static net, valid at any input size (multiples of 32)."""
     net = net.eval()
-    with traceable_upsampling(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.x deprecation notices for jit.trace
         with torch.no_grad():
             return torch.jit.trace(net, example_input(net.arch, size), check_trace=False)
@@ -74,7 +52,7 @@ def save_onnx(net: StaticNet, path: str | Path, size: tuple[int, int] | None = N
 
     net = net.eval()
     axes = {0: "N", 2: "H", 3: "W"}
-    with atomic_path(path) as tmp, traceable_upsampling(), warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             torch.onnx.export(
