@@ -171,21 +171,19 @@ def check_feasible(space: RoutingSpace, budget: ArchBudget, cells: tuple[str, ..
     """Raise a :class:`RoutespaceError` naming the cheapest architecture if no architecture fits."""
     size = budget.size or space.input_size
     h, w = size
-    if budget.max_gflops is not None:
-        arch = cheapest_architecture(space, cells, size, budget.convention, "flops")
-        report = architecture_cost(arch, size, budget.convention)
-        if report.gflops > budget.max_gflops:
+    limits = (
+        (budget.max_gflops, "flops", "gflops", "--max-gflops", "cheapest", "at {:.4g} GFLOPs ({h}x{w})"),
+        (budget.max_params_m, "params", "params_m", "--max-params-m", "smallest", "with {:.4g} M params"),
+    )
+    for limit, key, attr, flag, word, unit in limits:
+        if limit is None:
+            continue
+        arch = cheapest_architecture(space, cells, size, budget.convention, key)
+        value = getattr(architecture_cost(arch, size, budget.convention), attr)
+        if value > limit:
             raise RoutespaceError(
-                f"--max-gflops {budget.max_gflops:g} is below the cheapest architecture of space '{space.name}': "
-                f"{describe_path(arch)} at {report.gflops:.4g} GFLOPs ({h}x{w}); raise the budget to at least that"
-            )
-    if budget.max_params_m is not None:
-        arch = cheapest_architecture(space, cells, size, budget.convention, "params")
-        report = architecture_cost(arch, size, budget.convention)
-        if report.params_m > budget.max_params_m:
-            raise RoutespaceError(
-                f"--max-params-m {budget.max_params_m:g} is below the smallest architecture of space '{space.name}': "
-                f"{describe_path(arch)} with {report.params_m:.4g} M params; raise the budget to at least that"
+                f"{flag} {limit:g} is below the {word} architecture of space '{space.name}': "
+                f"{describe_path(arch)} {unit.format(value, h=h, w=w)}; raise the budget to at least that"
             )
     if budget.max_latency_ms is not None:
         arch = cheapest_architecture(space, cells, size, budget.convention, "flops")
