@@ -37,6 +37,8 @@ def register(sub) -> None:
     b.add_argument("--budget-warmup", type=float, default=None, metavar="FRAC", help=f"fraction of training before the budget loss starts (default {DEFAULT_WARMUP})")
     b.add_argument("--budget-ramp", type=float, default=None, metavar="FRAC", help=f"fraction of training over which it ramps to full lambda (default {DEFAULT_RAMP})")
     b.add_argument("--no-budget", action="store_true", help="train without the budget loss")
+    b.add_argument("--fixed-lambda", action="store_true",
+                   help="keep lambda fixed (default: adaptive, raised while the realised FLOPs are above the target)")
     d = p.add_argument_group("data")
     d.add_argument("--data", default=None, help="synthetic (default), synthetic:small, synthetic:large, cityscapes:PATH or voc:PATH")
     d.add_argument("--val-size", default=None, metavar="HxW",
@@ -128,6 +130,7 @@ def _budget(args: argparse.Namespace, prev: dict, space, size) -> dict | None:
         "lambda": _pick(args.budget_lambda, old.get("lambda"), DEFAULT_LAMBDA),
         "warmup": _pick(args.budget_warmup, old.get("warmup"), DEFAULT_WARMUP),
         "ramp": _pick(args.budget_ramp, old.get("ramp"), DEFAULT_RAMP),
+        "adaptive": (not args.fixed_lambda) if not old else old.get("adaptive", True),
     }
 
 
@@ -152,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluators.datasets import load_dataset
-    from ..evaluators.schedule import BudgetLoss
+    from ..evaluators.schedule import make_budget_loss
     from ..evaluators.train import fit, preset_config
     from ..spaces.architecture import Architecture
     from ..spaces.space import parse_size, preset
@@ -196,9 +199,8 @@ def run(args: argparse.Namespace) -> int:
         kind, spec = "dynamic", {"space": space.to_dict()}
     extra_loss = None
     if budget is not None:
-        from ..spaces.supernet import body_flops_all_open
-
-        extra_loss = BudgetLoss(body_flops_all_open(space, size), budget["mu"], budget["lambda"], budget["warmup"], budget["ramp"])
+        extra_loss = make_budget_loss(space, size, budget["mu"], budget["lambda"], budget["warmup"], budget["ramp"],
+                                      adaptive=budget.get("adaptive", True))
     cli = {"preset": preset_name, "data": data, "size": list(size), "val_size": list(val_size), "budget": budget,
            "arch": arch.to_dict() if arch is not None else None}
     meta = {

@@ -168,11 +168,11 @@ def compare(
     """Run (or resume) the comparison into ``out``; writes report.md, comparison.json and plots."""
     from ..search.common import common_architecture, edge_frequencies
     from ..spaces.builder import build
-    from ..spaces.supernet import DynamicNet, body_flops_all_open
+    from ..spaces.supernet import DynamicNet
     from .cost import architecture_cost
     from .datasets import load_dataset
     from .evaluate import evaluate
-    from .schedule import BudgetLoss
+    from .schedule import make_budget_loss
 
     settings = settings or CompareSettings()
     out = Path(out)
@@ -190,7 +190,6 @@ def compare(
     if settings.val_images is not None:
         val_set = torch.utils.data.Subset(val_set, range(min(len(val_set), settings.val_images)))
         val_set.num_classes = space.num_classes  # type: ignore[attr-defined]
-    body_all = body_flops_all_open(space, size)
     rows: list[Row] = []
     t_start = time.time()
 
@@ -238,7 +237,7 @@ def compare(
                 holder["net"] = net
                 meta = {"kind": "dynamic", "spec": {"space": space.to_dict()},
                         "extra": {"budget": {"lambda": lam, "mu": mu}}}
-                return net, BudgetLoss(body_all, mu, lam), meta
+                return net, make_budget_loss(space, size, mu, lam, quiet=not progress), meta
 
             run_row(name, "dynamic", seed, make_dynamic)
             if seed != settings.seeds[0]:

@@ -119,7 +119,9 @@ class TrainConfig:
 # no gradient once closed).
 TRAIN_PRESETS: dict[str, dict] = {
     "paper": dict(steps=190_000, batch_size=8, lr=0.05, optimizer="sgd", warmup_steps=1000, grad_clip=5.0),
-    "tiny": dict(steps=1500, batch_size=8, lr=3e-3, optimizer="adamw", warmup_steps=50, grad_clip=5.0, gate_lr_mult=1.0),
+    # gate_lr_mult 10: Adam moves a gate bias (init 1.5) at most ~lr per step, less under poly decay, so
+    # at lr 3e-3 the gates could not travel far enough to close and the budget was missed (measured).
+    "tiny": dict(steps=1500, batch_size=8, lr=3e-3, optimizer="adamw", warmup_steps=50, grad_clip=5.0, gate_lr_mult=10.0),
 }
 
 
@@ -456,6 +458,8 @@ def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, 
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
+        if state.get("extra_loss") is not None and hasattr(extra_loss, "load_state_dict"):
+            extra_loss.load_state_dict(state["extra_loss"])
         ranks = state.get("rng_ranks") or [state["rng"]]
         restore_rng(ranks[dinfo.rank] if dinfo.rank < len(ranks) else state["rng"])
         history = [h for h in _read_history(out) if h.get("step", 0) <= start]
@@ -484,6 +488,8 @@ def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, 
             "scheduler": scheduler.state_dict(), "rng": rng, "rng_ranks": rng_ranks, "sampler": order.state(step),
             "config": config.to_dict(),
             "meta": {"kind": meta["kind"], "spec": meta.get("spec"), "extra": meta.get("extra") or {}},
+            # a stateful extra loss (e.g. the adaptive budget weight) continues exactly on resume
+            "extra_loss": extra_loss.state_dict() if hasattr(extra_loss, "state_dict") else None,
         }
 
     if start >= total:  # the run was already complete
