@@ -29,6 +29,17 @@ CHEAPEST = architecture_cost(cheapest_architecture(TINY)).gflops
 BUDGET = round(CHEAPEST * 1.35, 6)  # admits a fraction of the space, so rejections happen
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Two OpenMP threads on a loaded 2-core box are many times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class SpyEvaluator:
     """Records every architecture it is asked to train; score = the synthetic closed form."""
 
@@ -193,9 +204,6 @@ def test_nni_evolution_resumes_its_population_from_the_study(tmp_path):
 
 def test_real_proxy_training_a_few_steps(tmp_path):
     """The real proxy: a handful of training steps; seeded (same result twice) and its compute recorded."""
-    import torch
-
-    torch.set_num_threads(1)
     config = _config(tmp_path, "random", trials=2).with_(
         evaluator={"kind": "proxy", "steps": 3, "batch_size": 2, "val_images": 4})
     run_search(config, tmp_path / "out")
