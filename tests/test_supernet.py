@@ -130,3 +130,18 @@ def test_budget_loss_gradient_reaches_gates_and_realised_estimator_matches_reali
     assert sum(float(gr.abs().sum()) for gr in grads) > 0
     # pushing towards a small budget lowers the gate biases (positive gradient)
     assert float(net.gates["1_0"].fc.bias.grad.sum()) > 0
+
+
+def test_paper_preset_forward_at_256x512_and_all_open_cost():
+    """The paper supernet runs on CPU at 256x512; with every gate open its expected FLOPs are the
+    foundation's all-open cost (with gate heads) at that size."""
+    space = preset("paper")
+    torch.manual_seed(0)
+    net = DynamicNet(space).eval()
+    ones = {n: torch.ones(1, len(k)) for n, k in net.out_keys.items()}
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, 256, 512), gate_override=ones)
+    assert out.logits.shape == (1, 19, 256, 512)
+    expected = space_cost(space, (256, 512), gates=True)
+    assert float(out.expected_flops[0]) == pytest.approx(expected.flops, rel=1e-6)
+    assert float(out.realised_flops[0]) == pytest.approx(expected.flops, rel=1e-6)
