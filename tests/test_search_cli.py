@@ -105,6 +105,17 @@ def test_sigkilled_search_resumed_with_the_same_command(tmp_path):
     assert len([t for t in _trials(url, "kill") if t.state.name == "COMPLETE"]) == len(complete)
 
 
+def test_workers_option_runs_worker_processes(tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run(_args(out, "--workers", "2", trials=8, study="pool"), env=_env(), capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    trials = _trials(f"sqlite:///{out / 'study.db'}", "pool")
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 8
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert summary["workers"] == 2 and summary["worker_exit_codes"] == [0]
+
+
 def _two_workers_one_killed(tmp_path, url):
     outs = [tmp_path / "a", tmp_path / "b"]
     a = subprocess.Popen(_args(outs[0], "--storage", url, trials=8, study="shared"), env=_env(),

@@ -24,6 +24,7 @@ from routespace.spaces.space import preset
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 TINY = preset("tiny")
 CHEAPEST = architecture_cost(cheapest_architecture(TINY)).gflops
 BUDGET = round(CHEAPEST * 1.35, 6)  # admits a fraction of the space, so rejections happen
@@ -139,6 +140,24 @@ def test_stale_trial_is_failed_and_its_params_rerun(tmp_path, kind):
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == dead.params
     assert spy.seen[0] == arch  # the retry ran first, with the dead trial's architecture
     assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+
+
+def test_retry_callback_drops_heartbeat_constraints_and_results(tmp_path):
+    """Optuna's retry callback copies system and user attributes into the retry; ours keeps params only."""
+    from routespace.search.storage import HEARTBEAT_ATTR, retry_callback
+
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path / 'r.log'}", 1))
+    t = study.ask()
+    t.suggest_categorical("move_1", [-1, 0, 1])
+    t.set_constraint("gflops", 0.5)
+    t.set_user_attr("miou", 0.3)
+    study._storage.set_trial_system_attr(t._trial_id, HEARTBEAT_ATTR, 1.0)
+    study.tell(t, state=optuna.trial.TrialState.FAIL)
+    retry_callback()(study, study.get_trials()[0])
+    waiting = study.get_trials()[1]
+    assert waiting.state.name == "WAITING" and waiting.params == study.get_trials()[0].params
+    assert waiting.system_attrs["failed_trial"] == 0
+    assert HEARTBEAT_ATTR not in waiting.system_attrs and not waiting.constraints and not waiting.user_attrs
 
 
 def test_fresh_heartbeat_is_not_stale(tmp_path):
