@@ -238,3 +238,15 @@ def test_real_proxy_training_a_few_steps(tmp_path):
     arch = Architecture.from_json(done[0].user_attrs["spec"])
     again = ProxyEvaluator(ProxyConfig(steps=3, batch_size=2, val_images=4))(arch, seed=0)
     assert again.miou == done[0].user_attrs["miou"]
+
+
+def test_training_step_and_time_budgets_stop_the_search(tmp_path):
+    spy = SpyEvaluator()  # 3 steps per trial
+    config = _config(tmp_path, "random", trials=50).with_(search_budget=SearchBudget(trials=50, max_train_steps=7))
+    outcome = run_search(config, tmp_path / "out", spy)
+    assert len(spy.seen) == 2 and outcome.summary["train_steps_total"] == 6  # a third would need 9 > 7
+    assert "training-step budget" in outcome.stop_reason
+    config = _config(tmp_path, "random", trials=50).with_(
+        study="timed", search_budget=SearchBudget(trials=50, timeout_s=0.05))
+    outcome = run_search(config, tmp_path / "out2", SpyEvaluator())
+    assert "time budget" in outcome.stop_reason and outcome.summary["counts"]["complete"] < 50
