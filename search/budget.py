@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from ..evaluators.cost import architecture_cost, cell_cost, decoder_cost, edge_cost, stem_cost
+from ..evaluators.cost import architecture_cost, cell_cost, decoder_cost, edge_cost
 from ..spaces.architecture import Architecture
 from ..spaces.errors import RoutespaceError
 from ..spaces.space import STRIDES, Node, RoutingSpace

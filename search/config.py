@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..spaces.errors import RoutespaceError
 from ..spaces.space import RoutingSpace
 from .budget import ArchBudget, SearchBudget
 from .encoding import Encoding
@@ -103,10 +102,3 @@ def identity_mismatch(stored: dict, current: dict) -> str | None:
         if a != b:
             return f"{key}: stored {a[:120]}, given {b[:120]}"
     return None
-
-
-def check_json(obj: Any, what: str) -> None:
-    try:
-        json.dumps(obj)
-    except TypeError as exc:
-        raise RoutespaceError(f"{what} must be JSON-serialisable: {exc}") from None
