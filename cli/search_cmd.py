@@ -52,6 +52,7 @@ def register(sub) -> None:
     p.add_argument("--proxy-steps", type=int, default=None, help="proxy training steps per trial (default 200)")
     p.add_argument("--proxy-batch", type=int, default=None, help="proxy batch size (default 8)")
     p.add_argument("--proxy-val-images", type=int, default=None, help="validation images for mIoU (default 64)")
+    p.add_argument("--device", default=None, help="proxy training device: auto (default), cpu, cuda, cuda:N")
     p.add_argument("--sim-steps", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--sim-step-seconds", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval, s (default 10)")
@@ -121,6 +122,9 @@ def build_config(args: argparse.Namespace, base=None):
                      "steps": pick(args.proxy_steps, stored_eval.get("steps", 200), 200),
                      "batch_size": pick(args.proxy_batch, stored_eval.get("batch_size", 8), 8),
                      "val_images": pick(args.proxy_val_images, stored_eval.get("val_images", 64), 64)}
+        device = args.device or stored_eval.get("device")
+        if device:
+            evaluator["device"] = device
     cells = tuple(c.strip() for c in args.cells.split(",") if c.strip()) if args.cells else (b.cells if b else ())
     options = _strategy_options(args.strategy_option) if args.strategy_option else (b.strategy_options if b else {})
     return SearchConfig(

@@ -97,6 +97,7 @@ class ProxyConfig:
     size: tuple[int, int] | None = None  # default: the space's input size
     lr: float | None = None  # default: the preset's training default
     threads: int = 0  # torch threads while training; 0 = leave as is
+    device: str = "auto"  # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.val_images < 1:
@@ -139,7 +140,7 @@ class ProxyEvaluator:
         try:
             train_set, val_set = self._datasets(arch)
             overrides = dict(steps=cfg.steps, batch_size=cfg.batch_size, seed=int(seed), lr=cfg.lr,
-                             warmup_steps=min(50, cfg.steps // 10), device="cpu", checkpoint_every=0)
+                             warmup_steps=min(50, cfg.steps // 10), device=cfg.device, checkpoint_every=0)
             if arch.space.name in TRAIN_PRESETS:
                 tcfg = preset_config(arch.space.name, **overrides)
             else:
@@ -153,7 +154,7 @@ class ProxyEvaluator:
                     raise KeyboardInterrupt from None
                 raise
             t0 = time.perf_counter()
-            metrics = evaluate(model, val_set, batch_size=cfg.batch_size, device="cpu", latency_repeats=0)
+            metrics = evaluate(model, val_set, batch_size=cfg.batch_size, device=cfg.device, latency_repeats=0)
             eval_seconds = time.perf_counter() - t0
         finally:
             torch.set_num_threads(old_threads)
