@@ -10,8 +10,22 @@
   beat, whose start) is older than the grace period. Optuna's own ``fail_stale_trials`` and
   ``RetryHeartbeatStaleTrialCallback`` then work on it exactly as on the RDB storage.
 
-Optuna's heartbeat is only driven by ``study.optimize``; routespace runs trials with ask/tell, so
-:class:`Heartbeat` (used by the engine) beats and :func:`fail_stale` is called before every trial.
+Gaps of Optuna's heartbeat/retry (Optuna 5.0) that routespace closes:
+
+1. heartbeats are only sent inside ``study.optimize``; routespace runs trials with ask/tell, so its
+   :class:`Heartbeat` thread beats (first beat synchronously, right after ``ask``);
+2. stale trials are only failed when ``optimize`` starts a trial; the engine calls :func:`fail_stale`
+   before every trial and while it waits for other workers;
+3. the RDB storage never reports a RUNNING trial that has no heartbeat row; the first beat follows
+   ``ask`` at once, which leaves a window of microseconds (a worker killed inside it leaves a RUNNING
+   trial that is never retried; the journal storage falls back to the trial's start time instead);
+4. ``RetryHeartbeatStaleTrialCallback`` copies the dead trial's system and user attributes into the
+   retry (heartbeat timestamp, constraint values, partial results); :func:`retry_callback` drops them;
+5. a worker that reached ``--trials`` would stop and leave a stale trial un-retried; the engine counts
+   other workers' RUNNING trials against the budget and waits for them (or their retries) to finish,
+   so a study ends with exactly ``--trials`` completed trials;
+6. a worker declared stale while still alive gets ``UpdateFinishedTrialError`` on ``tell``; the engine
+   drops its result (the retry stands).
 """
 from __future__ import annotations
 
