@@ -58,7 +58,7 @@ def run_compare(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     settings = _settings(args)
     t0 = time.time()
-    result = compare(args.out, settings, overwrite=args.overwrite, progress=not args.quiet,
+    compare(args.out, settings, overwrite=args.overwrite, progress=not args.quiet,
                      command=shlex.join(["routespace", *sys.argv[1:]]))
     print(open(f"{args.out}/report.md").read())
     print(f"wrote {args.out}/report.md, comparison.json and plots in {time.time() - t0:.0f} s")

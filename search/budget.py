@@ -16,6 +16,7 @@ from typing import Callable
 from ..evaluators.cost import architecture_cost, cell_cost, decoder_cost, edge_cost
 from ..spaces.architecture import Architecture
 from ..spaces.errors import RoutespaceError
+from ..spaces.paths import best_path
 from ..spaces.space import STRIDES, Node, RoutingSpace
 
 
@@ -140,24 +141,16 @@ def cheapest_architecture(space: RoutingSpace, cells: tuple[str, ...] = (), size
     def node_cost(node: Node) -> tuple[float, str]:
         return min((cell_cost(space, node, c, size, convention)[idx], c) for c in cells)
 
-    best: dict[Node, tuple[float, tuple]] = {(0, 0): (0.0, ())}
-    for layer in range(1, space.layers + 1):
-        for dst in space.scales_at(layer):
-            cost, cell = node_cost((layer, dst))
-            options = []
-            for e in space.in_edges((layer, dst)):
-                src = (layer - 1, e[1])
-                if src in best:
-                    options.append((best[src][0] + edge_cost(space, e, size, convention)[idx] + cost,
-                                    best[src][1] + ((e, cell),)))
-            best[(layer, dst)] = min(options)
-    total = [
-        (best[(space.layers, s)][0] + decoder_cost(space, s, size, convention)[idx], best[(space.layers, s)][1])
-        for s in space.scales_at(space.layers)
-    ]
-    _, steps = min(total)
-    edges = frozenset(e for e, _ in steps)
-    cell_map = tuple(((e[0], e[2]), c) for e, c in steps)
+    _, path = best_path(
+        space,
+        lambda e: edge_cost(space, e, size, convention)[idx] + node_cost((e[0], e[2]))[0],
+        lambda v, c: v + c,
+        0.0,
+        key=lambda v: -v,
+        finish=lambda node, v: v + decoder_cost(space, node[1], size, convention)[idx],
+    )
+    edges = frozenset(path)
+    cell_map = tuple(((e[0], e[2]), node_cost((e[0], e[2]))[1]) for e in path)
     return Architecture(space, edges, cell_map, name=f"cheapest-{key}")
 
 

@@ -22,9 +22,9 @@ import torch
 
 from ..spaces.architecture import Architecture
 from ..spaces.errors import RoutespaceError
+from ..spaces.paths import best_path, prune_edges
 from ..spaces.space import Edge, Node, RoutingSpace
 from ..spaces.supernet import GATE_EPS, DynamicNet
-from .encoding import on_stem_to_decoder_paths
 
 DEFAULT_TAU = 0.5
 DEFAULT_THRESHOLD = GATE_EPS
@@ -106,31 +106,14 @@ def edge_frequencies(
 
 def widest_path(space: RoutingSpace, freq: Mapping[tuple, float]) -> list[Edge]:
     """The stem-to-decoder single path maximising its least frequent edge (then the summed frequency)."""
-    best: dict[Node, tuple[float, float, Edge | None]] = {(0, 0): (math.inf, 0.0, None)}
-    for layer in range(1, space.layers + 1):
-        for dst in space.scales_at(layer):
-            options = []
-            for e in space.in_edges((layer, dst)):
-                src = (layer - 1, e[1])
-                if src in best:
-                    f = freq.get(e, 0.0)
-                    options.append((min(best[src][0], f), best[src][1] + f, -e[1], e))
-            if options:
-                width, total, _, edge = max(options)
-                best[(layer, dst)] = (width, total, edge)
-    ends = []
-    for s in space.scales_at(space.layers):
-        w, t, _ = best[(space.layers, s)]
-        f = freq.get(("out", space.layers, s), 1.0)
-        ends.append((min(w, f), t + f, -s))
-    node: Node = (space.layers, -max(ends)[2])
-    path = []
-    while node != (0, 0):
-        edge = best[node][2]
-        assert edge is not None
-        path.append(edge)
-        node = (edge[0] - 1, edge[1])
-    return sorted(path)
+
+    def finish(node: Node, value: tuple[float, float]) -> tuple[float, float]:
+        f = freq.get(("out", node[0], node[1]), 1.0)
+        return (min(value[0], f), value[1] + f)
+
+    _, path = best_path(space, lambda e: freq.get(e, 0.0), lambda v, f: (min(v[0], f), v[1] + f),
+                        (math.inf, 0.0), finish=finish)
+    return path
 
 
 def common_architecture(
@@ -148,7 +131,7 @@ def common_architecture(
         if e[0] == last and freqs.freq.get(("out", last, e[2]), 1.0) < tau:
             continue
         kept.append(e)
-    edges = on_stem_to_decoder_paths(space, kept)
+    edges = prune_edges(space, kept)
     if not edges:
         edges = frozenset(widest_path(space, freqs.freq))
     return Architecture(space, frozenset(edges), name=name)

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from ..spaces.architecture import Architecture
 from ..spaces.errors import RoutespaceError
+from ..spaces.paths import best_path, prune_edges
 from ..spaces.space import CELL_TYPES, Edge, Node, RoutingSpace
 
 ENCODINGS = ("path", "subgraph")
@@ -40,28 +41,8 @@ def cell_param(node: Node) -> str:
 
 
 # --- the subgraph repair (pure functions over the space graph) -----------------------------------
-def on_stem_to_decoder_paths(space: RoutingSpace, edges: Iterable[Edge]) -> frozenset[Edge]:
-    """The edges of ``edges`` that lie on some path from the stem (0, 0) to a last-layer node.
-
-    This is the largest valid subgraph contained in ``edges`` (empty if no such path exists):
-    a forward sweep marks the nodes reachable from the stem, a backward sweep the nodes that reach
-    the last layer, and an edge is kept when its source is reachable and its target reaches the end.
-    """
-    chosen = {e for e in edges if space.has_edge(e)}
-    by_layer: dict[int, list[Edge]] = {}
-    for e in chosen:
-        by_layer.setdefault(e[0], []).append(e)
-    reach = {(0, 0)}
-    for layer in range(1, space.layers + 1):
-        for _, src, dst in by_layer.get(layer, ()):
-            if (layer - 1, src) in reach:
-                reach.add((layer, dst))
-    ends = {(space.layers, s) for s in space.scales_at(space.layers)}
-    for layer in range(space.layers, 0, -1):
-        for _, src, dst in by_layer.get(layer, ()):
-            if (layer, dst) in ends:
-                ends.add((layer - 1, src))
-    return frozenset(e for e in chosen if (e[0] - 1, e[1]) in reach and (e[0], e[2]) in ends)
+# The largest valid subgraph inside a set of edges (pure; see ``spaces.paths.prune_edges``).
+on_stem_to_decoder_paths = prune_edges
 
 
 def completion_path(space: RoutingSpace, edges: Iterable[Edge]) -> list[Edge]:
@@ -72,27 +53,16 @@ def completion_path(space: RoutingSpace, edges: Iterable[Edge]) -> list[Edge]:
     keep edge, then the smaller source scale; at the last layer the smallest scale wins.
     """
     chosen = set(edges)
-    best: dict[Node, tuple[int, Edge | None]] = {(0, 0): (0, None)}
-    for layer in range(1, space.layers + 1):
-        for dst in space.scales_at(layer):
-            options = []
-            for e in space.in_edges((layer, dst)):
-                src = (layer - 1, e[1])
-                if src not in best:
-                    continue
-                added = best[src][0] + (0 if e in chosen else 1)
-                options.append((added, e not in chosen, e[1] != e[2], e[1], e))
-            if options:
-                best[(layer, dst)] = (min(options)[0], min(options)[4])
-    last = min((best[(space.layers, s)][0], s) for s in space.scales_at(space.layers) if (space.layers, s) in best)
-    node: Node = (space.layers, last[1])
-    path = []
-    while node != (0, 0):
-        edge = best[node][1]
-        assert edge is not None
-        path.append(edge)
-        node = (edge[0] - 1, edge[1])
-    return sorted(path)
+
+    def gain(e: Edge) -> tuple:
+        return (e not in chosen, e not in chosen, e[1] != e[2], e[1])
+
+    def combine(value: tuple, g: tuple) -> tuple:  # total added, then this step's tie-breaks
+        return (value[0] + g[0], *g[1:])
+
+    _, path = best_path(space, gain, combine, (0, False, False, 0), key=lambda v: tuple(-x for x in v),
+                        finish=lambda node, v: (v[0], False, False, 0))
+    return path
 
 
 def repair_edges(space: RoutingSpace, edges: Iterable[Edge]) -> frozenset[Edge]:

@@ -32,6 +32,7 @@ import math
 import time
 
 from ..spaces.architecture import Architecture
+from ..spaces import paths
 from ..spaces.space import Edge, RoutingSpace
 from .encoding import on_stem_to_decoder_paths, repair_edges
 from .strategy import Strategy
@@ -43,17 +44,11 @@ STUDY_ATTR = "darts"
 def best_path(space: RoutingSpace, weights: dict[Edge, float], edge_cost: dict[Edge, float],
               node_cost: dict, lam: float) -> list[Edge]:
     """The stem-to-last-layer path maximising ``sum(log w_e) - lam * cost`` (dynamic programming)."""
-    best: dict = {(0, 0): (0.0, ())}
-    for layer in range(1, space.layers + 1):
-        for dst in space.scales_at(layer):
-            options = []
-            for e in space.in_edges((layer, dst)):
-                src = (layer - 1, e[1])
-                if src in best:
-                    gain = math.log(max(weights[e], 1e-9)) - lam * (edge_cost[e] + node_cost[(layer, dst)])
-                    options.append((best[src][0] + gain, best[src][1] + (e,)))
-            best[(layer, dst)] = max(options)
-    return list(max(best[(space.layers, s)] for s in space.scales_at(space.layers))[1])
+
+    def gain(e: Edge) -> float:
+        return math.log(max(weights[e], 1e-9)) - lam * (edge_cost[e] + node_cost[(e[0], e[2])])
+
+    return paths.best_path(space, gain, lambda v, g: v + g, 0.0)[1]
 
 
 def decode(space: RoutingSpace, kind: str, weights: dict[Edge, float], cells: dict, fits) -> Architecture:

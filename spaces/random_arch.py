@@ -6,10 +6,11 @@ Used by tests (fvcore cross-checks on many shapes), benchmarks and the random-pa
 from __future__ import annotations
 
 import random
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from .architecture import Architecture
 from .errors import RoutespaceError
+from .paths import prune_edges
 from .space import Edge, Node, RoutingSpace
 
 Rng = random.Random | int
@@ -29,25 +30,6 @@ def random_path(space: RoutingSpace, rng: Rng) -> list[int]:
         prev = r.choice(allowed)
         scales.append(prev)
     return scales
-
-
-def prune_edges(space: RoutingSpace, edges: Iterable[Edge]) -> frozenset[Edge]:
-    """Keep only the edges on some stem -> last-layer path (pure; edges not in the space are dropped).
-
-    An edge survives when its source is reached from the stem and its target reaches the last layer
-    through the given edges; the survivors form a valid subgraph (possibly empty).
-    """
-    edges = {tuple(e) for e in edges if space.has_edge(tuple(e))}
-    by_layer = sorted(edges)
-    reached: set[Node] = {(0, 0)}
-    for layer, src, dst in by_layer:
-        if (layer - 1, src) in reached:
-            reached.add((layer, dst))
-    reaching: set[Node] = {(space.layers, s) for s in space.scales_at(space.layers)}
-    for layer, src, dst in reversed(by_layer):
-        if (layer, dst) in reaching:
-            reaching.add((layer - 1, src))
-    return frozenset(e for e in edges if (e[0] - 1, e[1]) in reached and (e[0], e[2]) in reaching)
 
 
 def random_subgraph(space: RoutingSpace, rng: Rng, p: float = 0.3) -> frozenset[Edge]:

@@ -160,7 +160,7 @@ class RoutingSpace:
         lines = [
             f"RoutingSpace '{self.name}': {self.layers} layers x {self.scales} scales (strides "
             + ", ".join(str(s) for s in STRIDES) + f"), cell {self.cell}, {self.num_classes} classes",
-            f"  channels per scale: " + ", ".join(f"s{s}={self.channels(s)}" for s in range(self.scales)),
+            "  channels per scale: " + ", ".join(f"s{s}={self.channels(s)}" for s in range(self.scales)),
             f"  default input: {self.input_size[0]}x{self.input_size[1]}",
             f"  nodes: {sum(1 for _ in self.nodes())} (incl. stem), edges: {sum(1 for _ in self.edges())}",
             "  cells per layer: " + ",".join(str(len(self.scales_at(l))) for l in range(1, self.layers + 1)),

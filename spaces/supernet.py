@@ -118,14 +118,12 @@ def body_flops_all_open(space: RoutingSpace, size: tuple[int, int] | None = None
 def route_floor(space: RoutingSpace, size: tuple[int, int] | None = None) -> float:
     """The least body FLOPs an image can cost while still reaching the decoder, as a fraction of the
     all-open body: the cheapest stem-to-last-layer single path (cells + edges), by dynamic programming."""
+    from .paths import best_path
+
     table = cost_table(space, tuple(size or space.input_size))
-    best: dict[Node, float] = {(0, 0): 0.0}
-    for layer in range(1, space.layers + 1):
-        for dst in space.scales_at(layer):
-            best[(layer, dst)] = table.cell[(layer, dst)] + min(
-                best[(layer - 1, e[1])] + table.edge[e] for e in space.in_edges((layer, dst))
-            )
-    return min(best[(space.layers, s)] for s in space.scales_at(space.layers)) / table.body_all_open
+    cheapest, _ = best_path(space, lambda e: table.edge[e] + table.cell[(e[0], e[2])], lambda v, c: v + c, 0,
+                            key=lambda v: -v)
+    return cheapest / table.body_all_open
 
 
 def _ste(g: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import warnings
-from typing import Iterable
 
 from ...spaces.errors import RoutespaceError
 from .canvas import FONT, SMALL, new_figure
