@@ -82,6 +82,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle of foreign objects, not a torch file at all
+        if str(exc).startswith("Weights only load failed"):  # it pickles callables/classes: possibly code
+            raise RoutespaceError(
+                f"checkpoint {path} is corrupt or not a routespace checkpoint: it pickles Python objects other than "
+                f"tensors and plain containers ({_blocked_global(str(exc))}), which could run code when loaded, so it "
+                "was refused; delete it to resume from an earlier checkpoint, or start a new run"
+            ) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RoutespaceError(
             f"checkpoint {path} is corrupt or not a routespace checkpoint ({reason[:120]}): "
@@ -98,6 +104,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise RoutespaceError(f"checkpoint {path} lacks {', '.join(missing)}: it is incomplete; delete it to resume from an earlier one")
     return state
+
+
+def _blocked_global(message: str) -> str:
+    """The 'GLOBAL module.name' torch's weights-only unpickler stopped at, from its message."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    return f"e.g. {found.group(1)}" if found else "not allowed by weights_only"
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict, source: str | Path) -> None:
