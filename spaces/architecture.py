@@ -123,14 +123,14 @@ class Architecture:
         if fmt != FORMAT_NAME:
             raise RoutespaceError(f"not a routespace spec: field 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
         version = data.get("version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:  # true and 1.0 equal 1 but are not versions
             raise RoutespaceError(
                 f"unknown spec format version {version!r}: this routespace reads version {FORMAT_VERSION}"
             )
         allowed = {"format", "version", "name", "space", "edges", "cells"}
         unknown = set(data) - allowed
         if unknown:
-            raise RoutespaceError(f"unknown spec field(s) {sorted(map(str, unknown))}: allowed are {sorted(allowed)}")
+            raise RoutespaceError(f"unknown spec field(s) {_few(unknown)}: allowed are {sorted(allowed)}")
         if space is None:
             if "space" not in data:
                 raise RoutespaceError("spec has no 'space' field: add one or pass the space (e.g. --preset)")
@@ -155,6 +155,13 @@ class Architecture:
     def __repr__(self) -> str:
         label = f"'{self.name}', " if self.name else ""
         return f"Architecture({label}{len(self.nodes)} nodes, {len(self.edges)} edges, space '{self.space.name}')"
+
+
+def _few(names: Iterable[object], limit: int = 5) -> str:
+    """Up to ``limit`` names, sorted and quoted (a hostile spec may bring thousands)."""
+    names = sorted(str(n)[:40] for n in names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}" + (f" and {len(names) - limit} more]" if len(names) > limit else "]")
 
 
 def _is_int(v: object) -> bool:
@@ -207,8 +214,8 @@ def _parse_cells(raw: object) -> dict[Node, str]:
             node = None
         if node is None:
             raise RoutespaceError(f"bad cells key {str(key)[:40]!r}: write 'layer,scale', e.g. '3,1'")
-        if not isinstance(cell, str):
-            raise RoutespaceError(f"cell type for node {key} must be a string, one of {', '.join(CELL_TYPES)}")
+        if not isinstance(cell, str):  # the parsed node, not the raw key: a key may hold a line break
+            raise RoutespaceError(f"cell type for {_node_str(node)} must be a string, one of {', '.join(CELL_TYPES)}")
         out[node] = cell
     return out
 

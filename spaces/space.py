@@ -148,7 +148,9 @@ class RoutingSpace:
         allowed = {"layers", "base_channels", "num_classes", "cell", "scales", "input_size", "name"}
         unknown = set(data) - allowed
         if unknown:
-            raise RoutespaceError(f"unknown space field(s) {sorted(map(str, unknown))}: allowed are {sorted(allowed)}")
+            names = sorted(str(k)[:40] for k in unknown)  # a hostile spec may bring thousands
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            raise RoutespaceError(f"unknown space field(s) {names[:5]}{more}: allowed are {sorted(allowed)}")
         kwargs = dict(data)
         if "input_size" in kwargs:
             kwargs["input_size"] = check_input_size(kwargs["input_size"])
@@ -181,7 +183,10 @@ def check_input_size(size: object) -> tuple[int, int]:
         raise RoutespaceError(f"input size must be two integers (H, W), got {size!r}")
     h, w = size
     if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise RoutespaceError(f"input size {h}x{w} is not divisible by 32: use e.g. {max(32, h // 32 * 32)}x{max(32, w // 32 * 32)}")
+        def near(v: int) -> int:  # a valid side close to v (the suggestion must itself be accepted)
+            return min(MAX_INPUT_SIDE, max(32, v // 32 * 32))
+
+        raise RoutespaceError(f"input size {h}x{w} is not divisible by 32: use e.g. {near(h)}x{near(w)}")
     if h > MAX_INPUT_SIDE or w > MAX_INPUT_SIDE:
         raise RoutespaceError(f"input size {h}x{w} is too large: at most {MAX_INPUT_SIDE} a side")
     return (h, w)
