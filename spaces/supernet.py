@@ -198,9 +198,15 @@ class DynamicNet(nn.Module):
                 inp = parts[0][0]
                 for t, _ in parts[1:]:
                     inp = inp + t
-                alive = torch.stack([g > 0 for _, g in parts]).any(0)
-            g = self._gate(node, inp, gate_override) * alive[:, None].to(x.dtype)
+                incoming_g = torch.stack([g for _, g in parts])
+                alive = (incoming_g > 0).any(0)
             alive_f = alive.to(x.dtype)
+            if layer > 0 and torch.is_grad_enabled():
+                # straight-through: exactly 0/1 forward, the strongest incoming gate's gradient backward,
+                # so the loss can reopen the edge into a dead node (a cut route could never heal otherwise)
+                soft = incoming_g.max(0).values
+                alive_f = alive_f + soft - soft.detach()
+            g = self._gate(node, inp, gate_override) * alive_f[:, None]
             gmax = g.max(1).values
             cell_on = gmax > 0
             alive_map[node], ran_map[node] = alive, cell_on
