@@ -116,12 +116,12 @@ def _check_folder(out: Path, settings: CompareSettings, overwrite: bool) -> None
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def _train_config(settings: CompareSettings, seed: int, dynamic: bool):
+def _train_config(settings: CompareSettings, seed: int):
+    """The same schedule for every row: the preset's training defaults at the comparison's length."""
     from .train import preset_config
 
     cfg = preset_config(settings.preset, steps=settings.steps, seed=seed, batch_size=settings.batch_size)
-    cfg = replace(cfg, checkpoint_every=max(1, settings.steps // 5))
-    return cfg
+    return replace(cfg, checkpoint_every=max(1, settings.steps // 5))
 
 
 def train_or_load(run: Path, model: torch.nn.Module, train_set, config, extra_loss=None, meta=None, progress=True) -> float:
@@ -212,7 +212,7 @@ def compare(
         _say(f"{key}: training {settings.steps} steps", progress)
         torch.manual_seed(seed)
         model, extra, meta = make()
-        config = _train_config(settings, seed, kind == "dynamic")
+        config = _train_config(settings, seed)
         seconds = train_or_load(out / "runs" / key, model, train_set, config, extra, meta, progress)
         result = evaluate(model, val_set, batch_size=16, latency_repeats=settings.latency_repeats)
         result.pop("per_image_gflops", None) if kind != "dynamic" else None

@@ -48,7 +48,6 @@ def test_mu_below_floor_targets_floor(capsys):
 
 def _fake_output(ratio, all_open=100.0, n=4):
     flops = torch.full((n,), ratio * all_open, requires_grad=True)
-    z = torch.zeros(n)
     return RoutingOutput(logits=torch.zeros(n, 1, 1, 1), edge_gates={}, expected_body_flops=flops, expected_flops=flops,
                          realised_body_flops=flops.detach(), realised_flops=flops.detach(), budget_body_flops=flops)
 

@@ -16,7 +16,7 @@ from routespace.evaluators.train import SeededOrder, TrainConfig, fit, param_gro
 from routespace.evaluators.cost import space_cost
 from routespace.spaces.errors import RoutespaceError
 from routespace.spaces.space import preset
-from test_train_support import MICRO, NoiseSegmentation, micro_net, param_digest, tree_bytes
+from test_train_support import NoiseSegmentation, micro_net, param_digest, tree_bytes
 
 torch.set_num_threads(1)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from routespace.evaluators.checkpoint import load_checkpoint
-from routespace.evaluators.train import TrainConfig, fit
+from routespace.evaluators.train import fit
 from test_train_support import PYTHON, NoiseSegmentation, micro_net, subprocess_env, worker_config, write_worker
 
 _worker_config = worker_config
