@@ -13,6 +13,7 @@ needs unpickling beyond what ``weights_only`` allows.
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise RoutespaceError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: a second stderr line
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle of foreign objects, not a torch file at all
         if str(exc).startswith("Weights only load failed"):  # it pickles callables/classes: possibly code
             raise RoutespaceError(
@@ -111,7 +114,7 @@ def _blocked_global(message: str) -> str:
     import re
 
     found = re.search(r"GLOBAL ([\w.]+)", message)
-    return f"e.g. {found.group(1)}" if found else "not allowed by weights_only"
+    return f"e.g. {found.group(1)}" if found else "data the safe loader does not accept"
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict, source: str | Path) -> None:

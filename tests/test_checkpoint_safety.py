@@ -11,6 +11,7 @@ import builtins
 import contextlib
 import io
 import os
+import warnings
 import pickle
 import shutil
 import subprocess
@@ -70,9 +71,11 @@ def _write_hostile(path: Path, marker: Path, kind: str, container: str) -> None:
 
 def _cli(argv: list[str]) -> tuple[int, str]:
     err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         rc = main(argv)
-    return rc, err.getvalue()
+    # outside pytest each warning is one more stderr line
+    return rc, err.getvalue() + "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
 
 
 def _assert_refused(rc: int, err: str) -> None:

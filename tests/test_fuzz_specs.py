@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -223,9 +224,12 @@ def _assert_valid(arch: Architecture) -> None:
 
 def _run_cli(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
+    # outside pytest each warning is one more stderr line
+    extra = "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
+    return rc, out.getvalue(), err.getvalue() + extra
 
 
 def _assert_cli_outcome(rc: int, stderr: str) -> None:

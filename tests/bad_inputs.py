@@ -1,0 +1,276 @@
+"""The table of bad inputs: each case is a command a user might type, and the fragment of the one-line
+error routespace must answer with (exit code 2, nothing written).
+
+``tests/test_bad_inputs.py`` runs every case and checks that docs/bad-inputs.md is this table rendered.
+Regenerate the document after changing the cases::
+
+    python tests/bad_inputs.py > docs/bad-inputs.md
+
+In a case's argv, ``{dir}`` is a fresh folder holding the files the case ``needs`` (see FIXTURES).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Case:
+    what: str  # the mistake, in the user's words
+    argv: tuple[str, ...]  # the command after `routespace`
+    expect: str  # a fragment of the error line
+    needs: tuple[str, ...] = ()  # fixture names (FIXTURES) created in {dir} first
+
+
+# --- fixtures: small files and folders a case needs ------------------------------------------------------
+def _spec(**changes) -> dict:
+    """The tiny preset's FCN-32s spec with some fields changed."""
+    from routespace.spaces.classics import classic
+    from routespace.spaces.space import preset
+
+    spec = classic("fcn32s", preset("tiny")).to_dict()
+    spec.update(changes)
+    return spec
+
+
+def _write_spec(name: str, **changes) -> Callable[[Path], None]:
+    def make(folder: Path) -> None:
+        (folder / name).write_text(json.dumps(_spec(**changes)))
+    return make
+
+
+def _edges_plus(*extra) -> list:
+    return _spec()["edges"] + [list(e) for e in extra]
+
+
+def _malformed(folder: Path) -> None:
+    (folder / "malformed.json").write_text(json.dumps(_spec())[:70])
+
+
+def _latin1(folder: Path) -> None:
+    (folder / "latin1.json").write_bytes(json.dumps(_spec(name="réseau"), ensure_ascii=False).encode("latin-1"))
+
+
+def _huge(folder: Path) -> None:
+    (folder / "huge.json").write_text(json.dumps(_spec(name="x" * 150, edges=_spec()["edges"] * 40000)))
+
+
+def _layers(folder: Path) -> None:
+    spec = _spec()
+    spec["space"]["layers"] = 100000
+    (folder / "layers.json").write_text(json.dumps(spec))
+
+
+def _not_a_run(folder: Path) -> None:
+    (folder / "notes").mkdir()
+    (folder / "notes" / "todo.txt").write_text("not a run\n")
+
+
+def _static_run(folder: Path) -> None:
+    """The manifest of a static-net training run (what `routespace train --arch unet` writes)."""
+    run = folder / "static-run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({
+        "format": "routespace-run", "version": 1, "kind": "static", "status": "done", "step": 4,
+        "spec": {"architecture": _spec()}, "config": {}, "extra": {}, "command": "routespace train --arch fcn32s",
+    }))
+
+
+_TEMPLATE: list[Path] = []
+
+
+def trained_run_template() -> Path:
+    """A finished 2-step static run (FCN-32s, 32x32), trained once per process and copied by fixtures."""
+    if not _TEMPLATE:
+        import contextlib
+        import io
+        import tempfile
+
+        from routespace.cli.main import main
+
+        run = Path(tempfile.mkdtemp(prefix="routespace-bad-inputs-")) / "run"
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            rc = main(["train", "--out", str(run), "--arch", "fcn32s", "--steps", "2", "--batch-size", "2",
+                       "--size", "32x32", "--checkpoint-every", "1", "--seed", "0"])
+        if rc != 0:
+            raise RuntimeError(f"could not train the template run: {err.getvalue()}")
+        _TEMPLATE.append(run)
+    return _TEMPLATE[0]
+
+
+def _run_with_checkpoint(data: Callable[[Path], None]) -> Callable[[Path], None]:
+    def make(folder: Path) -> None:
+        import shutil
+
+        run = folder / "run"
+        shutil.copytree(trained_run_template(), run)
+        (run / "checkpoints" / "final.pt").unlink()  # an unfinished run: --resume takes the latest step file
+        data(sorted((run / "checkpoints").glob("step-*.pt"))[-1])
+    return make
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _pickle_with_code(path: Path) -> None:
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path.write_bytes(pickle.dumps({"format": "routespace-checkpoint", "model": Payload()}))
+
+
+def _other_comparison(folder: Path) -> None:
+    out = folder / "comparison"
+    out.mkdir()
+    (out / "comparison-manifest.json").write_text(json.dumps({"settings": {"preset": "tiny", "steps": 999}, "status": "done"}))
+
+
+FIXTURES: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "malformed.json": ("a spec cut off after 70 characters", _malformed),
+    "latin1.json": ("a spec saved as Latin-1 (not UTF-8)", _latin1),
+    "huge.json": ("a spec of more than 1 MB (the edge list repeated)", _huge),
+    "version99.json": ('a spec with `"version": 99`', _write_spec("version99.json", version=99)),
+    "no-format.json": ("a JSON object without the `format` field", lambda f: (f / "no-format.json").write_text('{"edges": []}')),
+    "jump.json": ("a spec with an edge from scale 0 to scale 2", _write_spec("jump.json", edges=_edges_plus([[0, 0], [1, 2]]))),
+    "skip.json": ("a spec with an edge from layer 0 to layer 2", _write_spec("skip.json", edges=_edges_plus([[0, 0], [2, 0]]))),
+    "unreachable.json": ("a spec with a branch starting at node (layer 1, scale 0), which nothing feeds",
+                         _write_spec("unreachable.json", edges=_edges_plus([[1, 0], [2, 1]], [[2, 1], [3, 2]], [[3, 2], [4, 3]]))),
+    "dead-end.json": ("a spec with an edge into node (layer 2, scale 1), which leads nowhere",
+                      _write_spec("dead-end.json", edges=_edges_plus([[1, 1], [2, 1]]))),
+    "bad-cell.json": ('a spec with `"cells": {"3,3": "transformer"}`', _write_spec("bad-cell.json", cells={"3,3": "transformer"})),
+    "layers.json": ("a spec whose space has 100000 layers", _layers),
+    "notes/": ("a folder holding a text file", _not_a_run),
+    "static-run/": ("the run folder of a static net (`train --arch`)", _static_run),
+    "run/ (truncated checkpoint)": ("an unfinished training run whose latest checkpoint was cut in half",
+                                    _run_with_checkpoint(_truncate)),
+    "run/ (checkpoint with code)": ("an unfinished training run whose latest checkpoint pickles a call to os.system",
+                                    _run_with_checkpoint(_pickle_with_code)),
+    "comparison/": ("a comparison folder made with other settings (`--steps 999`)", _other_comparison),
+}
+
+# --- the cases ----------------------------------------------------------------------------------------------
+CASES: list[Case] = [
+    # spec files
+    Case("malformed JSON spec", ("flops", "{dir}/malformed.json"), "spec is not valid JSON", ("malformed.json",)),
+    Case("spec that is not UTF-8", ("flops", "{dir}/latin1.json"), "spec is not valid JSON", ("latin1.json",)),
+    Case("spec larger than 1 MB", ("flops", "{dir}/huge.json"), "is too large for a spec", ("huge.json",)),
+    Case("unknown spec format version", ("flops", "{dir}/version99.json"), "unknown spec format version 99", ("version99.json",)),
+    Case("JSON that is not a routespace spec", ("flops", "{dir}/no-format.json"), "not a routespace spec", ("no-format.json",)),
+    Case("edge jumping two scales", ("flops", "{dir}/jump.json"), "jumps 2 scales: edges move at most one scale", ("jump.json",)),
+    Case("edge skipping a layer", ("flops", "{dir}/skip.json"), "skips a layer: edges connect layer l-1 to layer l", ("skip.json",)),
+    Case("unreachable node", ("flops", "{dir}/unreachable.json"), "node (layer 1, scale 0) is not reachable from the stem",
+         ("unreachable.json",)),
+    Case("node that reaches no output", ("flops", "{dir}/dead-end.json"), "node (layer 2, scale 1) does not reach the decoder",
+         ("dead-end.json",)),
+    Case("unknown cell type in a spec", ("flops", "{dir}/bad-cell.json"), "unknown cell type 'transformer'", ("bad-cell.json",)),
+    Case("space beyond the size limits", ("flops", "{dir}/layers.json"), "space field 'layers' must be an integer in 1..64",
+         ("layers.json",)),
+    Case("spec file that does not exist", ("flops", "{dir}/nothere.json"), "spec file {dir}/nothere.json does not exist"),
+    Case("folder given as a spec", ("flops", "{dir}/notes"), "is a folder, not a spec file", ("notes/",)),
+    # sizes, names, formats, paths
+    Case("size not divisible by 32", ("flops", "--classic", "unet", "--size", "1000x2000"),
+         "input size 1000x2000 is not divisible by 32: use e.g. 992x1984"),
+    Case("size over the limit", ("flops", "--classic", "unet", "--size", "16384x16384"), "is too large: at most 8192 a side"),
+    Case("size that is not HxW", ("flops", "--classic", "unet", "--size", "big"), "is not of the form HxW"),
+    Case("unknown classic", ("flops", "--classic", "vgg16"), "unknown classic 'vgg16'"),
+    Case("unknown preset", ("flops", "--classic", "unet", "--preset", "huge"), "unknown preset 'huge': choose one of paper, tiny"),
+    Case("unknown subcommand", ("fit",), "invalid choice: 'fit'"),
+    Case("unknown export format", ("export", "unet", "--format", "tflite", "-o", "{dir}/unet.tflite"), "invalid choice: 'tflite'"),
+    Case("output in a missing folder", ("export", "unet", "--format", "json", "-o", "{dir}/missing/unet.json"),
+         "folder {dir}/missing does not exist (create it first)"),
+    Case("output path that is a folder", ("export", "unet", "--format", "json", "-o", "{dir}/notes"), "it is a folder; give a file name",
+         ("notes/",)),
+    # training
+    Case("budget mu above 1", ("train", "--out", "{dir}/run", "--budget-mu", "1.5"), "budget mu must be in (0, 1]"),
+    Case("budget mu of 0", ("train", "--out", "{dir}/run", "--budget-mu", "0"), "budget mu must be in (0, 1]"),
+    Case("budget flags with a static net", ("train", "--out", "{dir}/run", "--arch", "unet", "--budget-mu", "0.3"),
+         "budget flags apply to the dynamic net only"),
+    Case("zero training steps", ("train", "--out", "{dir}/run", "--steps", "0"), "'steps' must be at least 1"),
+    Case("learning rate that is not a number", ("train", "--out", "{dir}/run", "--lr", "nan"), "'lr' must be a finite number"),
+    Case("unknown data set", ("train", "--out", "{dir}/run", "--data", "imagenet:/data"), "unknown data set 'imagenet:/data'"),
+    Case("Cityscapes folder that does not exist", ("train", "--out", "{dir}/run", "--data", "cityscapes:{dir}/cityscapes"),
+         "missing folder {dir}/cityscapes"),
+    Case("CUDA asked for on a machine without it", ("train", "--out", "{dir}/run", "--device", "cuda"), "CUDA is not available"),
+    Case("--resume with nothing to resume", ("train", "--out", "{dir}/run", "--resume"), "nothing to resume in {dir}/run"),
+    Case("new run into a folder holding a run", ("train", "--out", "{dir}/run", "--arch", "fcn32s", "--steps", "2", "--size", "32x32",
+                                                 "--batch-size", "2"), "already holds a training run: resume it (--resume)",
+         ("run/ (truncated checkpoint)",)),
+    Case("corrupt checkpoint for --resume", ("train", "--out", "{dir}/run", "--resume"), "is corrupt or not a routespace checkpoint",
+         ("run/ (truncated checkpoint)",)),
+    Case("checkpoint that carries code", ("train", "--out", "{dir}/run", "--resume"), "which could run code when loaded, so it was refused",
+         ("run/ (checkpoint with code)",)),
+    # evaluation and extraction
+    Case("evaluate a folder that is not a run", ("evaluate", "{dir}/notes"), "is not a training run folder", ("notes/",)),
+    Case("evaluate an unfinished run", ("evaluate", "{dir}/run"), "has no final checkpoint", ("run/ (truncated checkpoint)",)),
+    Case("extract from a non-dynamic run", ("extract", "{dir}/static-run", "-o", "{dir}/common.json"),
+         "holds a static net, not a dynamic one", ("static-run/",)),
+    Case("extract with tau outside (0, 1]", ("extract", "{dir}/static-run", "-o", "{dir}/common.json", "--tau", "1.5"),
+         "--tau must be in (0, 1]", ("static-run/",)),
+    # comparison
+    Case("compare with tau outside (0, 1]", ("compare", "--out", "{dir}/comparison", "--tau", "0"), "tau must be in (0, 1]"),
+    Case("compare into a folder holding a different run", ("compare", "--out", "{dir}/comparison", "--steps", "4"),
+         "already holds a different comparison", ("comparison/",)),
+    Case("compare into a folder holding other files", ("compare", "--out", "{dir}/notes", "--steps", "4"),
+         "is not empty and holds no comparison", ("notes/",)),
+    Case("unknown dynamic setting", ("compare", "--out", "{dir}/comparison", "--dynamic", "D"), "unknown dynamic setting 'D'"),
+    # search
+    Case("unknown search strategy", ("search", "--out", "{dir}/search", "--strategy", "bayes"), "unknown strategy 'bayes'"),
+    Case("search budget below the cheapest architecture", ("search", "--out", "{dir}/search", "--max-gflops", "0.000001",
+                                                           "--evaluator", "synthetic"), "is below the cheapest architecture"),
+    Case("negative search budget", ("search", "--out", "{dir}/search", "--max-gflops", "-1"), "--max-gflops must be a positive number"),
+    Case("zero trials", ("search", "--out", "{dir}/search", "--trials", "0"), "--trials must be a positive integer"),
+    Case("storage URL that cannot be opened (SQLite in a missing folder)",
+         ("search", "--out", "{dir}/search", "--storage", "sqlite:///{dir}/missing/study.db", "--evaluator", "synthetic"),
+         "cannot open storage sqlite:///{dir}/missing/study.db"),
+    Case("storage URL of an unknown kind", ("search", "--out", "{dir}/search", "--storage", "mongodb://localhost/db",
+                                            "--evaluator", "synthetic"), "cannot open storage mongodb://localhost/db"),
+    Case("search --resume with nothing to resume", ("search", "--out", "{dir}/search", "--resume", "--evaluator", "synthetic"),
+         "nothing to resume"),
+]
+
+
+def command_text(case: Case) -> str:
+    """The case's command as a user would type it (fixture folder left out)."""
+    return "routespace " + shlex.join(a.replace("{dir}/", "") for a in case.argv)
+
+
+def render_markdown(cases: list[Case] = CASES) -> str:
+    """docs/bad-inputs.md: the cases as a table, and the files they use."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        "# Bad inputs and what routespace answers",
+        "",
+        "Every row is a test case (`tests/bad_inputs.py`, run by `tests/test_bad_inputs.py`): the command",
+        "exits with code 2, prints exactly one line `routespace: error: ...` on stderr that contains the",
+        "quoted text, and writes no file. Any other exception is a bug and keeps its traceback: please report",
+        "it with the command and the traceback.",
+        "",
+        "Generated from the test cases; do not edit by hand. Regenerate with",
+        "`python tests/bad_inputs.py > docs/bad-inputs.md`.",
+        "",
+        "| # | Bad input | Command | The error line contains |",
+        "|---|---|---|---|",
+    ]
+    for i, case in enumerate(cases, 1):
+        expect = case.expect.replace("{dir}/", "")
+        lines.append(f"| {i} | {cell(case.what)} | `{cell(command_text(case))}` | {cell(expect)} |")
+    used = sorted({n for c in cases for n in c.needs}, key=list(FIXTURES).index)
+    lines += ["", "Files the commands above refer to:", ""]
+    lines += [f"- `{name}`: {FIXTURES[name][0]}" for name in used]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_markdown())
