@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..spaces.classics import CLASSICS
+from ..spaces.errors import RoutespaceError
 
 # The demo: the main job on the embedded default data, sized to finish within ~20 min on 2 CPU cores.
 DEMO_STEPS = 600
@@ -22,6 +23,8 @@ def _common_flags(p: argparse.ArgumentParser, steps_default: int, out_default: s
     p.add_argument("--tau", type=float, default=0.5, help="Common keeps edges open on at least this fraction of images (default 0.5)")
     p.add_argument("--val-images", type=int, default=None, help="use only the first N validation images")
     p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
+    p.add_argument("--workers", type=int, default=2,
+                   help="nets trained at a time, each a process with one torch thread (default 2, for 2 cores)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -51,15 +54,15 @@ def _settings(args: argparse.Namespace):
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    import torch
 
     from ..evaluators.compare import compare
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     settings = _settings(args)
     t0 = time.time()
+    if args.workers < 1:
+        raise RoutespaceError(f"--workers must be at least 1, got {args.workers}")
     compare(args.out, settings, overwrite=args.overwrite, progress=not args.quiet,
-                     command=shlex.join(["routespace", *sys.argv[1:]]))
+            command=shlex.join(["routespace", *sys.argv[1:]]), workers=args.workers)
     print(open(f"{args.out}/report.md").read())
     print(f"wrote {args.out}/report.md, comparison.json and plots in {time.time() - t0:.0f} s")
     return 0

@@ -18,7 +18,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
@@ -158,21 +157,137 @@ def _random_path_near(space: RoutingSpace, target_gflops: float, size, seed: int
     return best[1]
 
 
+def _datasets(settings: CompareSettings):
+    from .datasets import load_dataset
+
+    space = preset(settings.preset)
+    size = tuple(space.input_size)
+    train_set = load_dataset(settings.data, "train", size=size)
+    val_set = load_dataset(settings.data, "val", size=size)
+    if settings.val_images is not None:
+        val_set = torch.utils.data.Subset(val_set, range(min(len(val_set), settings.val_images)))
+        val_set.num_classes = space.num_classes  # type: ignore[attr-defined]
+    return space, size, train_set, val_set
+
+
+def _build_row_model(job: dict, space: RoutingSpace, size, progress: bool):
+    """(model, extra loss, run meta) of a row: a budgeted dynamic net or a static architecture."""
+    from ..spaces.builder import build
+    from ..spaces.supernet import DynamicNet
+    from .schedule import make_budget_loss
+
+    if job["kind"] == "dynamic":
+        lam, mu = job["lam"], job["mu"]
+        meta = {"kind": "dynamic", "spec": {"space": space.to_dict()}, "extra": {"budget": {"lambda": lam, "mu": mu}}}
+        return DynamicNet(space), make_budget_loss(space, size, mu, lam, quiet=not progress), meta
+    arch = Architecture.from_dict(job["arch"])
+    return build(arch), None, {"kind": "static", "spec": {"architecture": arch.to_dict()}}
+
+
+def _row_path(out: Path, job: dict) -> Path:
+    return out / "rows" / f"{job['name']}-s{job['seed']}.json"
+
+
+def _run_job(out: str, settings_dict: dict, job: dict, threads: int, progress: bool) -> dict:
+    """Train (or resume, or load) one row and evaluate its mIoU and FLOPs; latency comes later, measured
+    on its own. Runs in a worker process when rows are trained in parallel."""
+    from .evaluate import evaluate
+
+    torch.set_num_threads(threads)
+    settings = CompareSettings(**settings_dict)
+    space, size, train_set, val_set = _datasets(settings)
+    key = f"{job['name']}-s{job['seed']}"
+    _say(f"{key}: training {settings.steps} steps", progress)
+    torch.manual_seed(job["seed"])
+    model, extra, meta = _build_row_model(job, space, size, progress)
+    seconds = train_or_load(Path(out) / "runs" / key, model, train_set, _train_config(settings, job["seed"]),
+                            extra, meta, progress=False)
+    result = evaluate(model, val_set, batch_size=16, latency_repeats=0)
+    if job["kind"] != "dynamic":
+        result.pop("per_image_gflops", None)
+    result.update(name=job["name"], kind=job["kind"], seed=job["seed"], train_steps=settings.steps,
+                  train_seconds=seconds, train_threads=threads)
+    if hasattr(model, "arch"):
+        result["spec"] = model.arch.to_dict()
+    write_json_atomic(_row_path(Path(out), job), result)
+    _say(f"{key}: miou {result['miou']:.3f} ({seconds:.0f} s training)", progress)
+    return result
+
+
+def _load_row(out: Path, job: dict) -> dict | None:
+    path = _row_path(out, job)
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+        return result if isinstance(result, dict) and "miou" in result else None
+    except (OSError, ValueError):
+        return None  # a damaged row is recomputed
+
+
+def _run_jobs(out: Path, settings: CompareSettings, jobs: list[dict], workers: int, progress: bool) -> list[dict]:
+    """Every job's result, computing the missing ones (in ``workers`` processes of one thread each)."""
+    results: dict[int, dict] = {}
+    todo = []
+    for i, job in enumerate(jobs):
+        done = _load_row(out, job)
+        if done is not None:
+            _say(f"{job['name']}-s{job['seed']}: done earlier (miou {done['miou']:.3f})", progress)
+            results[i] = done
+        else:
+            todo.append(i)
+    if todo and workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+            pending = {i: pool.apply_async(_run_job, (str(out), settings.to_dict(), jobs[i], 1, progress)) for i in todo}
+            for i, res in pending.items():
+                results[i] = res.get()
+    else:
+        for i in todo:
+            results[i] = _run_job(str(out), settings.to_dict(), jobs[i], torch.get_num_threads(), progress)
+    return [results[i] for i in range(len(jobs))]
+
+
+def _measure_latency(out: Path, settings: CompareSettings, rows: list[Row], val_set, progress: bool) -> None:
+    """Batch-1 latency of every row, measured one net at a time after training (so parallel training
+    does not disturb it), median of ``latency_repeats`` runs over 4 validation images."""
+    from .evaluate import load_run_model, median_latency_ms
+
+    if settings.latency_repeats <= 0:
+        return
+    images = [val_set[i][0][None] for i in range(min(4, len(val_set)))]
+    for row in rows:
+        if "latency_ms" in row.result:
+            continue
+        model, _, _ = load_run_model(out / "runs" / f"{row.name}-s{row.seed}")
+        model.eval()
+        dev = torch.device("cpu")
+        fn = model.forward_skipping if row.kind == "dynamic" else model
+        row.result["latency_ms"] = median_latency_ms(fn, images, settings.latency_repeats, dev)
+        if row.kind == "dynamic":
+            row.result["latency_ms_all_open"] = median_latency_ms(model, images, settings.latency_repeats, dev)
+        row.result["latency_threads"] = torch.get_num_threads()
+        write_json_atomic(out / "rows" / f"{row.name}-s{row.seed}.json", row.result)
+    _say("latency measured", progress)
+
+
 def compare(
     out: str | Path,
     settings: CompareSettings | None = None,
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
+    workers: int = 1,
 ) -> dict:
-    """Run (or resume) the comparison into ``out``; writes report.md, comparison.json and plots."""
+    """Run (or resume) the comparison into ``out``; writes report.md, comparison.json and plots.
+
+    ``workers`` > 1 trains that many rows at a time, each in its own process with one torch thread
+    (faster on a CPU than one process with several threads); results are the same either way up to
+    floating-point order."""
     from ..search.common import common_architecture, edge_frequencies
-    from ..spaces.builder import build
-    from ..spaces.supernet import DynamicNet
     from .cost import architecture_cost
-    from .datasets import load_dataset
-    from .evaluate import evaluate
-    from .schedule import make_budget_loss
+    from .evaluate import load_run_model
 
     settings = settings or CompareSettings()
     out = Path(out)
@@ -182,15 +297,7 @@ def compare(
     command = command or shlex.join(["routespace", *sys.argv[1:]])
     manifest = {"command": command, "settings": settings.to_dict(), "versions": runfolder.versions(), "status": "running"}
     write_json_atomic(out / MANIFEST, manifest)
-
-    space = preset(settings.preset)
-    size = tuple(space.input_size)
-    train_set = load_dataset(settings.data, "train", size=size)
-    val_set = load_dataset(settings.data, "val", size=size)
-    if settings.val_images is not None:
-        val_set = torch.utils.data.Subset(val_set, range(min(len(val_set), settings.val_images)))
-        val_set.num_classes = space.num_classes  # type: ignore[attr-defined]
-    rows: list[Row] = []
+    space, size, _, val_set = _datasets(settings)
     t_start = time.time()
 
     def seeds_for(row_name: str) -> tuple[int, ...]:
@@ -198,91 +305,52 @@ def compare(
             return settings.seeds
         return settings.seeds[:1]
 
-    def run_row(name: str, kind: str, seed: int, make: Callable[[], tuple[torch.nn.Module, Any, dict]]) -> dict:
-        key = f"{name}-s{seed}"
-        path = out / "rows" / f"{key}.json"
-        if path.is_file():
-            try:
-                result = json.loads(path.read_text())
-                rows.append(Row(name, kind, seed, result))
-                _say(f"{key}: done earlier (miou {result['miou']:.3f})", progress)
-                return result
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged row is recomputed
-        _say(f"{key}: training {settings.steps} steps", progress)
-        torch.manual_seed(seed)
-        model, extra, meta = make()
-        config = _train_config(settings, seed)
-        seconds = train_or_load(out / "runs" / key, model, train_set, config, extra, meta, progress)
-        result = evaluate(model, val_set, batch_size=16, latency_repeats=settings.latency_repeats)
-        result.pop("per_image_gflops", None) if kind != "dynamic" else None
-        result.update(name=name, kind=kind, seed=seed, train_steps=settings.steps, train_seconds=seconds)
-        if hasattr(model, "arch"):
-            result["spec"] = model.arch.to_dict()
-        write_json_atomic(path, result)
-        rows.append(Row(name, kind, seed, result))
-        _say(f"{key}: miou {result['miou']:.3f}", progress)
-        return result
+    def static_jobs(name: str, kind: str, arch: Architecture) -> list[dict]:
+        return [{"name": name, "kind": kind, "seed": seed, "arch": arch.to_dict()} for seed in seeds_for(name)]
 
-    # 1. dynamic nets, their frequencies and Common nets
-    commons: dict[str, Architecture] = {}
+    # 1. dynamic nets and the classics (independent of each other)
+    jobs: list[dict] = []
     for setting in settings.dynamic:
         lam, mu = DYNAMIC_SETTINGS[setting]
         name = f"Dynamic-{setting}"
-        for seed in seeds_for(name):
-            holder: dict = {}
-
-            def make_dynamic(lam=lam, mu=mu, holder=holder):
-                net = DynamicNet(space)
-                holder["net"] = net
-                meta = {"kind": "dynamic", "spec": {"space": space.to_dict()},
-                        "extra": {"budget": {"lambda": lam, "mu": mu}}}
-                return net, make_budget_loss(space, size, mu, lam, quiet=not progress), meta
-
-            run_row(name, "dynamic", seed, make_dynamic)
-            if seed != settings.seeds[0]:
-                continue
-            freq_path = out / f"frequencies-{setting}.json"
-            spec_path = out / f"common-{setting}.json"
-            if spec_path.is_file():
-                commons[setting] = Architecture.from_json(spec_path.read_text())
-                continue
-            net = holder.get("net")
-            if net is None:  # row was done earlier: reload the trained net
-                from .evaluate import load_run_model
-
-                net, _, _ = load_run_model(out / "runs" / f"{name}-s{seed}")
-            freqs = edge_frequencies(net, val_set, threshold=settings.threshold)
-            write_json_atomic(freq_path, freqs.to_dict())
-            arch = common_architecture(freqs, settings.tau, name=f"common-{setting}")
-            write_text_atomic(spec_path, arch.to_json())
-            commons[setting] = arch
-
-    def make_static(arch: Architecture):
-        def make():
-            return build(arch), None, {"kind": "static", "spec": {"architecture": arch.to_dict()}}
-        return make
-
-    for setting, arch in commons.items():
-        name = f"Common-{setting}"
-        for seed in seeds_for(name):
-            run_row(name, "common", seed, make_static(arch))
+        jobs += [{"name": name, "kind": "dynamic", "seed": seed, "lam": lam, "mu": mu} for seed in seeds_for(name)]
     for cname in settings.classics:
-        arch = CLASSICS[cname](space)
-        for seed in seeds_for(cname):
-            run_row(cname, "classic", seed, make_static(arch))
+        jobs += static_jobs(cname, "classic", CLASSICS[cname](space))
+    results = _run_jobs(out, settings, jobs, workers, progress)
+
+    # 2. the Common net of each dynamic net (first seed), from its routes over the validation images
+    commons: dict[str, Architecture] = {}
+    for setting in settings.dynamic:
+        spec_path = out / f"common-{setting}.json"
+        if not spec_path.is_file():
+            net, _, _ = load_run_model(out / "runs" / f"Dynamic-{setting}-s{settings.seeds[0]}")
+            freqs = edge_frequencies(net, val_set, threshold=settings.threshold)
+            write_json_atomic(out / f"frequencies-{setting}.json", freqs.to_dict())
+            write_text_atomic(spec_path, common_architecture(freqs, settings.tau, name=f"common-{setting}").to_json())
+        commons[setting] = Architecture.from_json(spec_path.read_text())
+
+    # 3. the Common nets retrained from scratch, and a random path of the dynamic nets' mean GFLOPs
+    jobs2: list[dict] = []
+    for setting, arch in commons.items():
+        jobs2 += static_jobs(f"Common-{setting}", "common", arch)
     if settings.random_baseline:
-        dyn = [r.result for r in rows if r.kind == "dynamic"]
+        dyn = [r for r in results if r["kind"] == "dynamic"]
         target = (sum(d["gflops_mean"] for d in dyn) / len(dyn)) if dyn else architecture_cost(CLASSICS["deeplabv3"](space)).gflops
         arch = _random_path_near(space, target, size, seed=settings.seeds[0])
         write_text_atomic(out / "random-path.json", arch.to_json())
-        for seed in seeds_for("random-path"):
-            run_row("random-path", "random", seed, make_static(arch))
+        jobs2 += static_jobs("random-path", "random", arch)
+    results += _run_jobs(out, settings, jobs2, workers, progress)
+
+    order = {"dynamic": 0, "common": 1, "classic": 2, "random": 3}
+    rows = [Row(r["name"], r["kind"], r["seed"], r) for r in results]
+    rank = {c: i for i, c in enumerate(settings.classics)}  # classics in the order given
+    rows.sort(key=lambda r: (order[r.kind], rank.get(r.name, 0), r.name, r.seed))
+    _measure_latency(out, settings, rows, val_set, progress)
 
     table = summarise(rows)
     comparison = {"settings": settings.to_dict(), "command": command, "versions": runfolder.versions(),
                   "size": list(size), "rows": table, "per_seed": [asdict(r) for r in rows],
-                  "wall_seconds_this_call": time.time() - t_start}
+                  "wall_seconds_this_call": time.time() - t_start, "workers": workers}
     write_json_atomic(out / "comparison.json", comparison)
     write_text_atomic(out / "report.md", render_report(comparison))
     _write_plots(out, space, table, commons, settings)

@@ -39,6 +39,11 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def median_latency_ms(fn, images: list[torch.Tensor], repeats: int, device: torch.device, warmup: int = 2) -> float:
     """Median wall-clock milliseconds of ``fn(image)`` over ``repeats`` passes over ``images`` (batch 1)."""
+    with torch.inference_mode():
+        return _median_latency_ms(fn, images, repeats, device, warmup)
+
+
+def _median_latency_ms(fn, images: list[torch.Tensor], repeats: int, device: torch.device, warmup: int) -> float:
     for _ in range(warmup):
         for x in images:
             fn(x)

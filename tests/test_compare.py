@@ -18,7 +18,7 @@ SETTINGS = CompareSettings(steps=2, dynamic=("C",), val_images=6, latency_repeat
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp") / "run"
-    result = compare(out, SETTINGS, progress=False, command="test")
+    result = compare(out, SETTINGS, progress=False, command="test", workers=2)
     return out, result
 
 
