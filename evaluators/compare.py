@@ -200,6 +200,7 @@ def _run_job(out: str, settings_dict: dict, job: dict, threads: int, progress: b
     _say(f"{key}: training {settings.steps} steps", progress)
     torch.manual_seed(job["seed"])
     model, extra, meta = _build_row_model(job, space, size, progress)
+    meta["resume_command"] = job.get("command", "the same command again")
     seconds = train_or_load(Path(out) / "runs" / key, model, train_set, _train_config(settings, job["seed"]),
                             extra, meta, progress=False)
     result = evaluate(model, val_set, batch_size=16, latency_repeats=0)
@@ -316,6 +317,8 @@ def compare(
         jobs += [{"name": name, "kind": "dynamic", "seed": seed, "lam": lam, "mu": mu} for seed in seeds_for(name)]
     for cname in settings.classics:
         jobs += static_jobs(cname, "classic", CLASSICS[cname](space))
+    for job in jobs:
+        job["command"] = command
     results = _run_jobs(out, settings, jobs, workers, progress)
 
     # 2. the Common net of each dynamic net (first seed), from its routes over the validation images
@@ -339,6 +342,8 @@ def compare(
         arch = _random_path_near(space, target, size, seed=settings.seeds[0])
         write_text_atomic(out / "random-path.json", arch.to_json())
         jobs2 += static_jobs("random-path", "random", arch)
+    for job in jobs2:
+        job["command"] = command
     results += _run_jobs(out, settings, jobs2, workers, progress)
 
     order = {"dynamic": 0, "common": 1, "classic": 2, "random": 3}
