@@ -12,10 +12,11 @@ layout records (``routespace.spaces.layout``: stem, cells, edges, gates, decoder
 trained, plus the tensors the layout does not list: each node's sum of inputs and residual sum, the
 gated copy of every edge (dynamic nets), the decoder's additions and the loss's log-softmax.
 ``SAFETY_FACTOR`` covers what remains (gradient buffers alive at the start of backward, autograd and
-allocator overheads). Calibration (CPU, torch 2.13, one AdamW training step in a fresh process, growth of
-peak RSS over the RSS before the net was built): the layout sum alone came to 1.05-1.18x the measured
-growth for the tiny preset's dynamic net, U-Net and FCN-32s at 128x128, batch 2-8; with the factor the
-estimate is 1.1-1.5x the measurement, so it errs on the safe side. ``tests/test_memory.py`` rechecks it.
+allocator overheads, GPU workspaces). Calibration (CPU, torch 2.13, one AdamW step in a fresh process,
+growth of peak RSS over the RSS before the net was built, tiny preset at 128x128, batch 2-8): the estimate
+is 1.56-1.65x the growth when glibc unmaps large blocks on free (``MALLOC_MMAP_THRESHOLD_`` fixed, RSS =
+live tensors) and 1.4-1.5x with glibc's defaults, for the dynamic net and a static U-Net alike, and it
+grows with the batch at the measured rate; so it errs on the safe side. ``tests/test_memory.py`` rechecks it.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Iterable
 
 from ..spaces.architecture import Architecture
 from ..spaces.errors import RoutespaceError
-from ..spaces.layout import Op, cell_ops, decoder_ops, edge_ops, feature_size, gate_ops, gate_outputs, stem_ops
+from ..spaces.layout import Conv, Op, Pool, cell_ops, decoder_ops, edge_ops, feature_size, gate_ops, gate_outputs, stem_ops
 from ..spaces.space import RoutingSpace, check_input_size
 
 FLOAT_BYTES = 4
@@ -33,10 +34,16 @@ OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 1}
 
 
 def _elements(ops: Iterable[Op]) -> int:
-    """Output elements per image of a list of op records (Pool: its (C, 1, 1) result)."""
-    from ..spaces.layout import Pool
-
-    return sum(op.c if isinstance(op, Pool) else getattr(op, "cout", getattr(op, "c", 0)) * op.h * op.w for op in ops)
+    """Output elements per image of a list of op records."""
+    total = 0
+    for op in ops:
+        if isinstance(op, Pool):  # global pooling: (C, 1, 1); its record's sizes are the input's
+            total += op.c
+        elif isinstance(op, Conv):
+            total += op.cout * op.h * op.w
+        else:  # BN, ReLU, Upsample: sizes are the output's
+            total += op.c * op.h * op.w
+    return total
 
 
 def _net_of(space_or_arch: RoutingSpace | Architecture, dynamic: bool) -> tuple[RoutingSpace, Architecture]:

@@ -63,7 +63,9 @@ print(json.dumps({"growth": peak - base}))
 
 def _measure_all(jobs: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
     """Peak-RSS growth of each (kind, batch), two fresh processes at a time."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # a fixed mmap threshold: large tensors are mapped and unmapped on free, so RSS follows live memory
+    # instead of what glibc's heap happens to keep from the warm-up (which moved results by ~20 MB)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
     out = {}
     for i in range(0, len(jobs), 2):
         procs = {job: subprocess.Popen([sys.executable, "-c", MEASURE, job[0], str(job[1]), str(SIZE[0]), str(SIZE[1])],
@@ -82,18 +84,18 @@ def _target(kind: str):
 
 
 def test_estimate_within_2x_of_measured_peak_and_linear_in_batch():
-    jobs = [("dynamic", 4), ("dynamic", 8), ("unet", 4), ("unet", 8)]
+    jobs = [("dynamic", 2), ("dynamic", 8), ("unet", 2), ("unet", 8)]
     measured = _measure_all(jobs)
     for kind in ("dynamic", "unet"):
-        est = {b: estimate_training_memory(_target(kind), b, SIZE, dynamic=kind == "dynamic", optimizer="adamw") for b in (4, 8)}
-        for b in (4, 8):
+        est = {b: estimate_training_memory(_target(kind), b, SIZE, dynamic=kind == "dynamic", optimizer="adamw") for b in (2, 8)}
+        for b in (2, 8):
             ratio = est[b] / measured[(kind, b)]
             print(f"{kind} batch {b}: estimate {format_bytes(est[b])}, measured {format_bytes(measured[(kind, b)])}, ratio {ratio:.2f}")
             # within 2x, and not below the measurement by more than 10 % (an underestimate lets a run die)
             assert 0.9 <= ratio <= 2.0, (kind, b, est[b], measured[(kind, b)])
         # the estimate's per-image slope matches the measured one within 2x
-        slope_est = (est[8] - est[4]) / 4
-        slope_meas = (measured[(kind, 8)] - measured[(kind, 4)]) / 4
+        slope_est = (est[8] - est[2]) / 6
+        slope_meas = (measured[(kind, 8)] - measured[(kind, 2)]) / 6
         assert slope_meas > 0 and 0.5 <= slope_est / slope_meas <= 2.0, (kind, slope_est, slope_meas)
 
 
