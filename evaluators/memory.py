@@ -176,13 +176,15 @@ def format_bytes(n: int | float) -> str:
     return f"{int(n)} B"
 
 
-def check_fits(estimate: int, available: int, what: str, where: str = "machine") -> None:
+DEFAULT_ADVICE = "lower --batch-size or --size, or use --preset tiny"
+
+
+def check_fits(estimate: int, available: int, what: str, where: str = "machine", advice: str = DEFAULT_ADVICE) -> None:
     """Raise a one-line :class:`RoutespaceError` when ``estimate`` bytes exceed ``available``."""
     if estimate > available:
         raise RoutespaceError(
             f"{what} needs about {format_bytes(estimate)} at peak (estimate) but only {format_bytes(available)} "
-            f"is available on this {where}: lower --batch-size or --size, or use --preset tiny "
-            "(ROUTESPACE_SKIP_MEMORY_CHECK=1 skips this check)"
+            f"is available on this {where}: {advice} (ROUTESPACE_SKIP_MEMORY_CHECK=1 skips this check)"
         )
 
 
@@ -194,11 +196,15 @@ def check_training_memory(
     optimizer: str = "adamw",
     device: str = "cpu",
     what: str = "training",
+    processes: int = 1,
+    advice: str = DEFAULT_ADVICE,
 ) -> int:
     """Estimate, compare with what ``device`` has, refuse what will not fit; returns the estimate.
 
-    ``ROUTESPACE_SKIP_MEMORY_CHECK=1`` in the environment skips the refusal (for users who know better)."""
-    estimate = estimate_training_memory(space_or_arch, batch_size, size, dynamic, optimizer)
+    ``processes``: how many such trainings share the device at once (search workers, torchrun processes
+    on one CPU host); ``advice``: what the user can change, in the command's own flags.
+    ``ROUTESPACE_SKIP_MEMORY_CHECK=1`` in the environment skips the refusal."""
+    estimate = estimate_training_memory(space_or_arch, batch_size, size, dynamic, optimizer) * max(1, int(processes))
     if os.environ.get("ROUTESPACE_SKIP_MEMORY_CHECK") != "1":
-        check_fits(estimate, available_memory(device), what, "GPU" if str(device).startswith("cuda") else "machine")
+        check_fits(estimate, available_memory(device), what, "GPU" if str(device).startswith("cuda") else "machine", advice)
     return estimate

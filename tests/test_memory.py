@@ -159,3 +159,12 @@ def test_check_fits_and_skip_switch(monkeypatch):
     with pytest.raises(RoutespaceError, match="batch size"):
         estimate_training_memory(preset("tiny"), 0, SIZE, True)
     assert SAFETY_FACTOR >= 1
+
+
+def test_processes_multiply_and_advice_is_the_commands_own():
+    tiny = preset("tiny")
+    one = check_training_memory(tiny, 8, (64, 64), dynamic=False)
+    assert check_training_memory(tiny, 8, (64, 64), dynamic=False, processes=3) == 3 * one
+    with pytest.raises(RoutespaceError, match=r"lower --proxy-batch or use --preset tiny \(ROUTESPACE_SKIP"):
+        check_training_memory(preset("paper"), 8, (1024, 2048), dynamic=False, what="search", processes=4,
+                              advice="lower --proxy-batch or use --preset tiny")
