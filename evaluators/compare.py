@@ -244,6 +244,8 @@ def _run_jobs(out: Path, settings: CompareSettings, jobs: list[dict], workers: i
             pending = {i: pool.apply_async(_run_job, (str(out), settings.to_dict(), jobs[i], 1, progress)) for i in todo}
             for i, res in pending.items():
                 results[i] = res.get()
+            pool.close()  # let the workers exit on their own (terminate() leaks their semaphores)
+            pool.join()
     else:
         for i in todo:
             results[i] = _run_job(str(out), settings.to_dict(), jobs[i], torch.get_num_threads(), progress)
