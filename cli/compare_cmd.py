@@ -38,7 +38,7 @@ def register(sub) -> None:
                    help="rows run for every seed (others only for the first seed); default: all rows, all seeds")
     c.set_defaults(func=run_compare)
     d = sub.add_parser("demo", help="the main job on the embedded data: train dynamic nets, extract Common nets, "
-                       "compare with the classics, write report.md and plots (about 15 min on 2 CPU cores)")
+                       "compare with the classics, write report.md and plots (about 9 min on 2 CPU cores)")
     _common_flags(d, DEMO_STEPS, "runs/demo")
     d.set_defaults(func=run_demo, dynamic=["A", "B", "C"], classics=list(CLASSICS), no_random=False, headline=[])
 
