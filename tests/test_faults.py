@@ -156,26 +156,41 @@ def kill_at_random_point(proc: subprocess.Popen, ready: Callable[[], bool], rng:
     return delay
 
 
+def kill_and_rerun(tmp_path: Path, command: list[str], ready: Callable[[Path], bool], what: str, max_delay: float,
+                   salt: int, rerun_flags: tuple[str, ...] = (), after_kill: Callable[[Path], None] | None = None
+                   ) -> tuple[Path, Path]:
+    """Run ``command --out reference`` uninterrupted beside ``command --out victim``; SIGKILL the victim at a
+    random point after ``ready(victim)``, check its files, rerun it (plus ``rerun_flags``) to the end. Files
+    are watched throughout. Returns (reference folder, victim folder)."""
+    rng = random.Random(SEED * 3 + salt)
+    ref_out, out = tmp_path / "reference", tmp_path / "victim"
+    ref = _start([*command, "--out", ref_out])
+    with Watcher(out) as watcher:
+        victim = _start([*command, "--out", out])
+        kill_at_random_point(victim, lambda: ready(out), rng, max_delay, what)
+        if after_kill is not None:
+            after_kill(out)
+        assert check_tree(out) == []
+        _run([*command, "--out", out, *rerun_flags])
+    _finish(ref)
+    assert watcher.problems == [] and watcher.checked > 0
+    assert check_tree(out) == []
+    return ref_out, out
+
+
 # --- train --------------------------------------------------------------------------------------------------
 def _state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_train_killed_then_resumed_equals_uninterrupted(tmp_path):
-    rng = random.Random(SEED * 3 + 1)
-    args = ["--steps", "12", "--batch-size", "2", "--size", "32x32", "--checkpoint-every", "2", "--seed", "0"]
-    ref_dir, run = tmp_path / "reference", tmp_path / "victim"
-    ref = _start(["train", "--out", ref_dir, *args])
-    with Watcher(run) as watcher:
-        victim = _start(["train", "--out", run, *args])
-        kill_at_random_point(victim, (run / "checkpoints" / "step-00000002.pt").exists, rng, 1.0, "the first checkpoint")
+    def unfinished(run: Path) -> None:
         assert json.loads((run / "manifest.json").read_text())["status"] == "running"
         assert not (run / "checkpoints" / "final.pt").exists()
-        assert check_tree(run) == []
-        _run(["train", "--out", run, "--resume"])
-    _finish(ref)
-    assert watcher.problems == [] and watcher.checked > 0
-    assert check_tree(run) == []
+
+    command = ["train", "--steps", "12", "--batch-size", "2", "--size", "32x32", "--checkpoint-every", "2", "--seed", "0"]
+    ref_dir, run = kill_and_rerun(tmp_path, command, lambda run: (run / "checkpoints" / "step-00000002.pt").exists(),
+                                  "the first checkpoint", 1.0, salt=1, rerun_flags=("--resume",), after_kill=unfinished)
     a, b = _state(ref_dir / "checkpoints" / "final.pt"), _state(run / "checkpoints" / "final.pt")
     assert a["step"] == b["step"] == 12
     assert a["model"].keys() == b["model"].keys()
@@ -209,17 +224,8 @@ def _trials(out: Path) -> list:
 
 
 def test_search_killed_then_resumed_completes_the_same_trials_without_duplicates(tmp_path):
-    rng = random.Random(SEED * 3 + 2)
-    ref_out, out = tmp_path / "reference", tmp_path / "victim"
-    ref = _start([*SEARCH, "--out", ref_out])
-    with Watcher(out) as watcher:
-        victim = _start([*SEARCH, "--out", out])
-        kill_at_random_point(victim, lambda: _complete_count(out / "study.db") >= 1, rng, 1.5, "the first completed trial")
-        assert check_tree(out) == []
-        _run([*SEARCH, "--out", out, "--resume"])
-    _finish(ref)
-    assert watcher.problems == [] and watcher.checked > 0
-    assert check_tree(out) == []
+    ref_out, out = kill_and_rerun(tmp_path, SEARCH, lambda out: _complete_count(out / "study.db") >= 1,
+                                  "the first completed trial", 1.5, salt=2, rerun_flags=("--resume",))
     done = {name: [t for t in _trials(o) if t.state.name == "COMPLETE"] for name, o in (("ref", ref_out), ("run", out))}
     assert len(done["run"]) == len(done["ref"]) == 6
     for trials in done.values():  # no architecture evaluated twice (a repeat reuses the earlier result)
@@ -242,18 +248,11 @@ COMPARE = ["compare", "--steps", "4", "--dynamic", "C", "--classics", "fcn32s", 
 
 
 def test_compare_killed_then_rerun_gives_the_same_rows(tmp_path):
-    rng = random.Random(SEED * 3 + 3)
-    ref_out, out = tmp_path / "reference", tmp_path / "victim"
-    ref = _start([*COMPARE, "--out", ref_out])
-    with Watcher(out) as watcher:
-        victim = _start([*COMPARE, "--out", out])
-        kill_at_random_point(victim, lambda: any((out / "rows").glob("*.json")), rng, 1.5, "the first finished row")
+    def unfinished(out: Path) -> None:
         assert not (out / "comparison.json").exists()
-        assert check_tree(out) == []
-        _run([*COMPARE, "--out", out])
-    _finish(ref)
-    assert watcher.problems == [] and watcher.checked > 0
-    assert check_tree(out) == []
+
+    ref_out, out = kill_and_rerun(tmp_path, COMPARE, lambda out: any((out / "rows").glob("*.json")),
+                                  "the first finished row", 1.5, salt=3, after_kill=unfinished)
     a, b = (json.loads((o / "comparison.json").read_text()) for o in (ref_out, out))
     assert [r["name"] for r in a["rows"]] == [r["name"] for r in b["rows"]] == ["Dynamic-C", "Common-C", "fcn32s", "random-path"]
     for ra, rb in zip(a["per_seed"], b["per_seed"]):
