@@ -21,11 +21,22 @@ grows with the batch at the measured rate; so it errs on the safe side. ``tests/
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..spaces.architecture import Architecture
 from ..spaces.errors import RoutespaceError
-from ..spaces.layout import Conv, Op, Pool, cell_ops, decoder_ops, edge_ops, feature_size, gate_ops, gate_outputs, stem_ops
+from ..spaces.layout import (
+    Conv,
+    Op,
+    Pool,
+    cell_ops,
+    decoder_ops,
+    edge_ops,
+    feature_size,
+    gate_ops,
+    gate_outputs,
+    stem_ops,
+)
 from ..spaces.space import RoutingSpace, check_input_size
 
 FLOAT_BYTES = 4

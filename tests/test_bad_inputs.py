@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from bad_inputs import CASES, FIXTURES, Case, render_markdown
 from routespace.cli.main import main
 

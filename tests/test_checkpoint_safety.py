@@ -11,16 +11,15 @@ import builtins
 import contextlib
 import io
 import os
-import warnings
 import pickle
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
-
 from routespace.cli.main import main
 from routespace.evaluators.checkpoint import FORMAT, VERSION, load_checkpoint
 from routespace.spaces.errors import RoutespaceError

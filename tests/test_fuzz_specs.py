@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from routespace.cli.main import main
 from routespace.spaces.architecture import Architecture, load_architecture
 from routespace.spaces.errors import RoutespaceError

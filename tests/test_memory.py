@@ -8,11 +8,15 @@ import subprocess
 import sys
 
 import pytest
-import torch
-
 from routespace.evaluators.memory import (
-    SAFETY_FACTOR, activation_elements, available_memory, check_fits, check_training_memory,
-    estimate_training_memory, format_bytes, parameter_count,
+    SAFETY_FACTOR,
+    activation_elements,
+    available_memory,
+    check_fits,
+    check_training_memory,
+    estimate_training_memory,
+    format_bytes,
+    parameter_count,
 )
 from routespace.spaces.architecture import Architecture
 from routespace.spaces.builder import build
