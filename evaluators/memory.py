@@ -14,7 +14,7 @@ gated copy of every edge (dynamic nets), the decoder's additions and the loss's 
 ``SAFETY_FACTOR`` covers what remains (gradient buffers alive at the start of backward, autograd and
 allocator overheads, GPU workspaces). Calibration (CPU, torch 2.13, one AdamW step in a fresh process,
 growth of peak RSS over the RSS before the net was built, tiny preset at 128x128, batch 2-8): the estimate
-is 1.56-1.65x the growth when glibc unmaps large blocks on free (``MALLOC_MMAP_THRESHOLD_`` fixed, RSS =
+is 1.55-1.66x the growth when glibc unmaps large blocks on free (``MALLOC_MMAP_THRESHOLD_`` fixed, RSS =
 live tensors) and 1.4-1.5x with glibc's defaults, for the dynamic net and a static U-Net alike, and it
 grows with the batch at the measured rate; so it errs on the safe side. ``tests/test_memory.py`` rechecks it.
 """

@@ -28,7 +28,8 @@ from routespace.spaces.supernet import DynamicNet
 SIZE = (128, 128)
 
 # One AdamW training step in a fresh process. The baseline RSS is taken after a warm-up step of a micro net
-# (so one-off library set-up is not counted) and before the measured net is built; the peak is ru_maxrss.
+# (so one-off library set-up is not counted) and before the measured net is built, where the peak mark is
+# reset (/proc/self/clear_refs); the peak is then VmHWM, less the growth of file-backed (library) pages.
 MEASURE = r'''
 import json, resource, sys
 import torch
@@ -42,9 +43,9 @@ from routespace.spaces.supernet import DynamicNet
 from routespace.evaluators.train import logits_of
 
 kind, batch, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-def rss():
+def status(field):
     with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS:"))
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith(field + ":"))
 micro = RoutingSpace(layers=2, base_channels=4, num_classes=3, input_size=(64, 64))
 for net in (DynamicNet(micro), build(Architecture.from_path(micro, [1, 1]))):
     opt = torch.optim.AdamW(net.parameters())
@@ -52,7 +53,9 @@ for net in (DynamicNet(micro), build(Architecture.from_path(micro, [1, 1]))):
     opt.step()
     del net, opt
 torch.manual_seed(0)
-base = rss()
+with open("/proc/self/clear_refs", "w") as fh:  # reset the peak-RSS mark (imports, warm-up)
+    fh.write("5")
+base, base_file = status("VmRSS"), status("RssFile")
 space = preset("tiny")
 model = DynamicNet(space) if kind == "dynamic" else build(classic(kind, space))
 opt = torch.optim.AdamW(model.parameters())
@@ -60,8 +63,13 @@ x = torch.randn(batch, 3, h, w)
 y = torch.randint(0, space.num_classes, (batch, h, w))
 F.cross_entropy(logits_of(model(x)), y).backward()
 opt.step()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"growth": peak - base}))
+peak = status("VmHWM")
+# VmHWM, not ru_maxrss: Linux keeps in ru_maxrss the high-water mark of the image before exec, which for a
+# child of a large test process is the parent's RSS at fork (seen: +25 MB, more than a whole step).
+# Library pages mapped during the step count in RSS too, and how many depends on the page cache (the
+# kernel maps cached neighbours of a touched page); they stay mapped, so their growth is taken off.
+print(json.dumps({"growth": peak - base - (status("RssFile") - base_file),
+                  "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base}))
 '''
 
 
