@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shlex
 import shutil
@@ -226,6 +227,19 @@ def _load_row(out: Path, job: dict) -> dict | None:
         return None  # a damaged row is recomputed
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: the worker ends when the comparing process dies, even by SIGKILL, instead of
+    training on (for up to a whole row) into a folder that a rerun is about to resume."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _run_jobs(out: Path, settings: CompareSettings, jobs: list[dict], workers: int, progress: bool) -> list[dict]:
     """Every job's result, computing the missing ones (in ``workers`` processes of one thread each)."""
     results: dict[int, dict] = {}
@@ -240,7 +254,8 @@ def _run_jobs(out: Path, settings: CompareSettings, jobs: list[dict], workers: i
     if todo and workers > 1:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+        with mp.get_context("spawn").Pool(min(workers, len(todo)), initializer=_exit_with_parent,
+                                          initargs=(os.getpid(),)) as pool:
             pending = {i: pool.apply_async(_run_job, (str(out), settings.to_dict(), jobs[i], 1, progress)) for i in todo}
             for i, res in pending.items():
                 results[i] = res.get()

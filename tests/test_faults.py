@@ -134,9 +134,35 @@ class Watcher(threading.Thread):
         self.join(timeout=30)
 
 
+def descendants(pid: int) -> set[int]:
+    """Process ids below ``pid`` (children, grandchildren, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def kill_at_random_point(proc: subprocess.Popen, ready: Callable[[], bool], rng: random.Random, max_delay: float,
-                         what: str) -> float:
-    """Wait for ``ready()``, then a seeded random delay, then SIGKILL; returns the delay used."""
+                         what: str, grace: float = 10.0) -> float:
+    """Wait for ``ready()``, then a seeded random delay, then SIGKILL; returns the delay used. Processes the
+    command started (e.g. worker pools) must end within seconds too: left running, they would go on
+    writing into the folder that the rerun resumes."""
     t0 = time.monotonic()
     while True:
         try:
@@ -151,7 +177,16 @@ def kill_at_random_point(proc: subprocess.Popen, ready: Callable[[], bool], rng:
     delay = rng.uniform(0.0, max_delay)
     time.sleep(delay)
     assert proc.poll() is None, f"the run finished within {delay:.2f} s of {what}: nothing was interrupted"
+    helpers = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
+    proc.wait()  # not communicate(): helpers holding its stdout would keep that waiting
+    t0 = time.monotonic()
+    while [p for p in helpers if _alive(p)] and time.monotonic() - t0 < grace:
+        time.sleep(0.1)
+    left = [p for p in helpers if _alive(p)]
+    for pid in left:  # do not leave them running after a failure
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} process(es) started by the killed run kept running for {grace:g} s"
     proc.communicate()
     return delay
 
@@ -287,3 +322,19 @@ def test_the_integrity_check_catches_half_written_files(tmp_path):
         path.write_bytes(whole[: len(whole) // 2] if name != "d.csv" else b"a,b\n1,2\n3")
         assert check_file(path) is not None, name
         path.write_bytes(whole)
+
+
+def test_compare_workers_end_with_the_killed_command(tmp_path):
+    """Row workers stop within seconds of a SIGKILL of `routespace compare` (they used to train on for the
+    rest of their row, ~1 min here, and write into the folder the user was about to resume)."""
+    out = tmp_path / "out"
+    proc = _start(["compare", "--steps", "400", "--dynamic", "C", "--classics", "fcn32s", "--val-images", "8", "--quiet",
+                   "--workers", "2", "--out", out])
+    kill_at_random_point(proc, lambda: any((out / "runs").glob("*/checkpoints")), random.Random(SEED), 0.0,
+                         "a row in training", grace=3.0)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    time.sleep(2.0)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert after == before, "files changed after the kill"
+    assert not list((out / "rows").glob("*.json"))
+    assert check_tree(out) == []

@@ -92,7 +92,7 @@ def junk_values(draw) -> object:
     if kind == "deep":  # around the interpreter's recursion limit, where json and repr give up
         depth = draw(st.sampled_from([50, 500, 900, 990, 1200, 5000]))
         return _nested(depth, draw(st.sampled_from([0, "x", [], {}])), draw(st.sampled_from(["list", "dict"])))
-    return [draw(st.sampled_from([[[0, 0], [1, 0]], 0, "x"]))] * draw(st.sampled_from([100, 5000, 60000]))
+    return [draw(st.sampled_from([[[0, 0], [1, 0]], 0, "x"]))] * draw(st.sampled_from([100, 5000, 30000]))
 
 
 def _paths(obj: object, prefix: tuple = ()) -> list[tuple]:
@@ -155,7 +155,8 @@ def mutated_specs(draw) -> object:
         elif op == "add" and isinstance(parent, list):
             parent.append(draw(junk_values()))
         elif op == "duplicate" and isinstance(parent, list):
-            parent.extend([parent[key]] * draw(st.integers(1, 50)))
+            room = (MAX_WEIGHT - _weight(spec)) // _weight(parent[key])
+            parent.extend([parent[key]] * min(room, draw(st.integers(1, 50))))
     return spec
 
 
