@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import shlex
 from pathlib import Path
@@ -186,6 +187,13 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint_every is None and "checkpoint_every" not in prev_cfg:
         config = dataclasses.replace(config, checkpoint_every=max(1, config.steps // 20))
 
+    from ..evaluators.memory import check_training_memory
+
+    check_training_memory(arch if arch is not None else space, config.batch_size, size, dynamic=arch is None,
+                          optimizer=config.optimizer, device="cuda" if config.device.startswith("cuda") else "cpu",
+                          what=f"training the {'static' if arch is not None else 'dynamic'} net at batch {config.batch_size}, {size[0]}x{size[1]}",
+                          processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                          advice="lower --batch-size or --size, or use --preset tiny")
     torch.manual_seed(config.seed)
     if arch is not None:
         from ..spaces.builder import build

@@ -316,6 +316,11 @@ def compare(
     manifest = {"command": command, "settings": settings.to_dict(), "versions": runfolder.versions(), "status": "running"}
     write_json_atomic(out / MANIFEST, manifest)
     space, size, _, val_set = _datasets(settings)
+    if settings.dynamic:  # the dynamic supernet is the largest net trained; `workers` of them may run at once
+        from .memory import check_training_memory
+
+        check_training_memory(space, settings.batch_size, size, dynamic=True, what="the comparison's dynamic nets",
+                              processes=max(1, workers), advice="lower --workers, or use --preset tiny")
     t_start = time.time()
 
     def seeds_for(row_name: str) -> tuple[int, ...]:
