@@ -26,17 +26,9 @@ import time
 def _median_ms(fn, xs, repeats: int, warmup: int = 2) -> float:
     import torch
 
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for x in xs:
-                fn(x)
-        times = []
-        for _ in range(repeats):
-            for x in xs:
-                t0 = time.perf_counter()
-                fn(x)
-                times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    from routespace.evaluators.evaluate import median_latency_ms
+
+    return median_latency_ms(fn, list(xs), repeats, torch.device("cpu"), warmup)
 
 
 def _forced_gates(net, p_closed: float, seed: int) -> dict:
