@@ -30,6 +30,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user mistakes become one line on stderr and exit code 2."""
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 terminal must not turn a message into a traceback
+        getattr(stream, "reconfigure", lambda **kw: None)(errors="backslashreplace")
     try:
         args = make_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int | None] = args.func

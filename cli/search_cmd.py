@@ -167,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
             name = fresh.study
         base = stored_config(url, name, args.heartbeat).with_(storage=url, study=name)
     config = build_config(args, base)
+    if config.evaluator["kind"] == "proxy":
+        from ..evaluators.memory import check_training_memory
+
+        check_training_memory(config.space, config.evaluator["batch_size"], config.space.input_size,
+                              dynamic=config.strategy == "nni-darts", what="routespace search (proxy training)",
+                              processes=args.workers, advice="lower --proxy-batch or --workers, or use --preset tiny")
     if args.worker_index:
         from ..search.run import run_worker
 

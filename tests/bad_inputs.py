@@ -236,6 +236,7 @@ CASES: list[Case] = [
                                             "--evaluator", "synthetic"), "cannot open storage mongodb://localhost/db"),
     Case("search --resume with nothing to resume", ("search", "--out", "{dir}/search", "--resume", "--evaluator", "synthetic"),
          "nothing to resume"),
+    Case("training that does not fit in memory", ("train", "--out", "{dir}/run", "--preset", "paper", "--size", "1024x2048", "--batch-size", "8"), "at peak (estimate)"),
 ]
 
 

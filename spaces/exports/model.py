@@ -88,11 +88,17 @@ def save_state_dict(net: StaticNet, path: str | Path) -> None:
 def load_state_dict(path: str | Path) -> StaticNet:
     """Rebuild the net of a state-dict export (spec + weights); the result is in eval mode."""
     try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: one line is the contract
+            warnings.simplefilter("ignore")
+            payload = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RoutespaceError(f"state dict file {path} does not exist") from None
     except Exception as exc:  # pickle/zip errors of many types
-        raise RoutespaceError(f"{path} is not a routespace state dict: {str(exc).splitlines()[0][:120]}") from None
+        if str(exc).startswith("Weights only load failed"):
+            raise RoutespaceError(f"{path} is not a routespace state dict: it pickles Python objects other than tensors, "
+                                  "which could run code when loaded, so it was refused") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RoutespaceError(f"{path} is not a routespace state dict: {first[:120]}") from None
     if not isinstance(payload, dict) or payload.get("format") != STATE_DICT_FORMAT:
         raise RoutespaceError(f"{path} is not a routespace state dict (no format {STATE_DICT_FORMAT!r})")
     if payload.get("version") != STATE_DICT_VERSION:
