@@ -33,7 +33,8 @@ CLI = [sys.executable, "-m", "routespace.cli.main", "search"]
 
 def _args(out, *extra, trials=6, study="kill"):
     return [*CLI, "--preset", "tiny", "--space", "path", "--strategy", "random", "--max-gflops", str(BUDGET),
-            "--trials", str(trials), "--evaluator", "synthetic", "--sim-steps", "8", "--sim-step-seconds", "0.1",
+            # 2 s a trial: long enough that a trial seen mid-training is still running when the SIGKILL lands
+            "--trials", str(trials), "--evaluator", "synthetic", "--sim-steps", "20", "--sim-step-seconds", "0.1",
             "--heartbeat", "1", "--grace", "2", "--study", study, "--out", str(out), "--no-progress", *extra]
 
 
@@ -42,7 +43,23 @@ def _env():
     return env
 
 
+def _study_exists(url, study):
+    """Read-only look into the SQLite file, so polling never races the search's own schema creation."""
+    import sqlite3
+
+    path = url[len("sqlite:///"):]
+    if not os.path.exists(path):
+        return False
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            return bool(db.execute("SELECT 1 FROM studies WHERE study_name = ?", (study,)).fetchone())
+    except sqlite3.Error:
+        return False
+
+
 def _trials(url, study):
+    if url.startswith("sqlite:///") and not _study_exists(url, study):
+        raise KeyError(study)
     storage = open_storage(url, 1, 2)
     return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
 
