@@ -137,11 +137,6 @@ def common_architecture(
     return Architecture(space, frozenset(edges), name=name)
 
 
-def route_of(out_edge_gates: Mapping[tuple, torch.Tensor], index: int, threshold: float = DEFAULT_THRESHOLD) -> set[tuple]:
-    """The gate keys open for image ``index`` of a batch (its route)."""
-    return {k for k, g in out_edge_gates.items() if float(g[index]) > threshold}
-
-
 def frequencies_from_routes(space: RoutingSpace, routes: Iterable[set[tuple]], threshold: float = DEFAULT_THRESHOLD) -> EdgeFrequencies:
     """Edge frequencies from per-image routes (sets of open gate keys)."""
     routes = list(routes)

@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import Iterable, Mapping, Sequence
 
 from .errors import RoutespaceError
-from .space import CELL_TYPES, Edge, Node, RoutingSpace, edge_kind
+from .space import CELL_TYPES, Edge, Node, RoutingSpace
 
 FORMAT_NAME = "routespace.architecture"
 FORMAT_VERSION = 1
@@ -280,12 +280,3 @@ def load_architecture(path: str, space: RoutingSpace | None = None) -> Architect
         return Architecture.from_json(text, space)
     except RoutespaceError as exc:
         raise RoutespaceError(f"{path}: {exc}") from None
-
-
-def edge_kinds(arch: Architecture) -> dict[Edge, str]:
-    return {e: edge_kind(e[1], e[2]) for e in arch.sorted_edges}
-
-
-def union(archs: Iterable[Architecture]) -> Architecture:
-    archs = list(archs)
-    return Architecture(archs[0].space, frozenset().union(*(a.edges for a in archs)))
