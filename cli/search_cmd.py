@@ -38,7 +38,11 @@ def register(sub) -> None:
     p.add_argument("--max-train-steps", type=int, default=None, help="total training steps over the study")
     p.add_argument("--storage", default=None,
                    help="sqlite:///PATH (default OUT/study.db), journal:PATH (several local processes) "
-                   "or postgresql://USER@HOST:PORT/DB (many machines)")
+                   "or postgresql://USER@HOST:PORT/DB (many machines; the password from PGPASSWORD or ~/.pgpass "
+                   "rather than the URL); passwords are masked in everything routespace writes")
+    p.add_argument("--storage-env", default=None, metavar="VAR",
+                   help="read the storage URL from environment variable VAR (keeps it out of the command line "
+                   "and shell history)")
     p.add_argument("--study", default=None, help="study name (default PRESET-SPACE-STRATEGY)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--out", required=True, help="output folder for specs, summary and the default storage")
@@ -158,6 +162,12 @@ def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if args.strategy is not None and args.strategy not in STRATEGY_NAMES:
         raise RoutespaceError(f"unknown strategy {args.strategy!r}: choose one of {', '.join(STRATEGY_NAMES)}")
+    if args.storage_env is not None:
+        from ..search.storage import storage_url_from_env
+
+        if args.storage:
+            raise RoutespaceError("give the storage either by --storage or by --storage-env, not both")
+        args.storage = storage_url_from_env(args.storage_env)
     base = None
     if args.resume:
         url = args.storage or default_storage(args.out)

@@ -2,7 +2,9 @@
 
 A :class:`SearchConfig` is plain data (JSON-able) so that worker processes can rebuild everything from
 it, and it is stored in the study (user attribute ``routespace``) so that ``--resume`` can check that
-a study is continued with the same space, encoding, strategy, budgets and evaluator.
+a study is continued with the same space, encoding, strategy, budgets and evaluator. What is stored or
+written holds the storage URL masked (:func:`~routespace.search.storage.mask_url`); only the dict handed
+to this machine's worker processes carries it whole.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 from ..spaces.space import RoutingSpace
 from .budget import ArchBudget, SearchBudget
 from .encoding import Encoding
+from .storage import mask_url
 
 CONFIG_ATTR = "routespace"
 # Fields a resumed study must share with its stored config (the search budget may change on resume).
@@ -31,7 +34,7 @@ class SearchConfig:
     evaluator: dict = field(default_factory=lambda: {"kind": "proxy"})
     seed: int = 0
     study: str = ""
-    storage: str = ""
+    storage: str = field(default="", repr=False)  # may hold a password: never in a repr
     heartbeat_interval: int = 10
     grace_period: int | None = None
 
@@ -43,7 +46,8 @@ class SearchConfig:
     def make_encoding(self) -> Encoding:
         return Encoding(self.space, self.encoding, self.cells)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, mask_secrets: bool = True) -> dict:
+        """Plain data; the storage URL masked unless ``mask_secrets=False`` (for this machine's workers)."""
         return {
             "space": self.space.to_dict(),
             "encoding": self.encoding,
@@ -60,7 +64,7 @@ class SearchConfig:
             "evaluator": dict(self.evaluator),
             "seed": self.seed,
             "study": self.study,
-            "storage": self.storage,
+            "storage": mask_url(self.storage) if mask_secrets else self.storage,
             "heartbeat_interval": self.heartbeat_interval,
             "grace_period": self.grace_period,
         }

@@ -40,7 +40,7 @@ from ..spaces.architecture import Architecture
 from ..spaces.errors import RoutespaceError
 from .budget import BudgetChecker
 from .config import CONFIG_ATTR, SearchConfig
-from .storage import HEARTBEAT_ATTR, Heartbeat, fail_stale, retry_callback
+from .storage import HEARTBEAT_ATTR, Heartbeat, fail_stale, mask_url, open_storage, retry_callback
 
 RESULT_ATTRS = ("miou", "train_steps", "train_images", "train_seconds", "eval_seconds")
 
@@ -240,7 +240,7 @@ class SearchSession:
                 raise
             except BaseException as exc:
                 try:
-                    trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+                    trial.set_user_attr("error", mask_url(f"{type(exc).__name__}: {exc}")[:500])
                     self.study.tell(trial, state=TrialState.FAIL)
                 except Exception:
                     pass
@@ -366,7 +366,6 @@ def open_study(config: SearchConfig, resume: bool = False):
     import optuna
 
     from .config import identity_mismatch
-    from .storage import mask_url, open_storage
 
     url = config.storage
     if resume and not _storage_exists(url):
@@ -387,6 +386,9 @@ def open_study(config: SearchConfig, resume: bool = False):
                 f"study {config.study!r} in {mask_url(url)} was created with other settings ({diff}): "
                 f"{hint}, or choose another --study"
             )
+        if stored.get("storage") and mask_url(stored["storage"]) != stored["storage"]:
+            # made before URLs were masked: the stored copy held the password in clear
+            study.set_user_attr(CONFIG_ATTR, dict(stored, storage=mask_url(stored["storage"])))
         return study, storage
     if resume:
         listed = ", ".join(names[:10]) or "none"
@@ -401,8 +403,6 @@ def open_study(config: SearchConfig, resume: bool = False):
 def stored_config(url: str, study_name: str, heartbeat_interval: int = 10) -> SearchConfig:
     """The config stored in an existing study (for ``--resume`` without repeating every option)."""
     import optuna
-
-    from .storage import mask_url, open_storage
 
     if not _storage_exists(url):
         raise RoutespaceError(f"--resume: no storage at {mask_url(url)} (nothing to resume; drop --resume to start)")

@@ -2,11 +2,14 @@
 
 ``run_search(config, out_dir)`` is the Python API behind ``routespace search``. Worker processes are
 started with the ``spawn`` method and rebuild everything from the JSON-able config (the evaluator from
-``config.evaluator``); an ``evaluator`` object passed in is used by the calling process only.
+``config.evaluator``); an ``evaluator`` object passed in is used by the calling process only. A worker
+ends when the process that started it dies, even by SIGKILL (the same watch as ``compare``'s workers):
+its trial is then failed and retried by the rerun, instead of training on into a study being resumed.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +65,12 @@ def run_worker(config: SearchConfig, evaluator=None, worker_index: int = 0,
     return session
 
 
-def _worker_entry(config_dict: dict, worker_index: int) -> None:
+def _worker_entry(config_dict: dict, worker_index: int, parent: int) -> None:
     import optuna
 
+    from ..evaluators.compare import _exit_with_parent
+
+    _exit_with_parent(parent)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_worker(SearchConfig.from_dict(config_dict), worker_index=worker_index)
 
@@ -89,7 +95,8 @@ def run_search(config: SearchConfig, out_dir: str | Path, evaluator=None, *, res
     procs = []
     ctx = mp.get_context("spawn")
     for i in range(1, workers):
-        p = ctx.Process(target=_worker_entry, args=(config.to_dict(), i), daemon=False)
+        # the whole URL travels through the spawn pipe, never a command line
+        p = ctx.Process(target=_worker_entry, args=(config.to_dict(mask_secrets=False), i, os.getpid()), daemon=False)
         p.start()
         procs.append(p)
     bar = _progress_bar(config) if progress else None

@@ -2,7 +2,8 @@
 
 - ``sqlite:///PATH`` (the default, a file in the output folder): Optuna's RDB storage.
 - ``postgresql://user@host:port/db`` (many machines): RDB storage through psycopg 3 (the URL is
-  rewritten to ``postgresql+psycopg://``).
+  rewritten to ``postgresql+psycopg://``). A URL without a password is fine: libpq then reads
+  ``PGPASSWORD`` or its password file (``~/.pgpass``, ``PGPASSFILE``) itself.
 - ``journal:PATH`` or any path ending in ``.log`` (several local processes): Optuna's JournalFile
   storage. It has no heartbeat of its own, so :class:`HeartbeatJournalStorage` adds one: each running
   trial carries a wall-clock timestamp in its system attribute ``routespace:heartbeat``, renewed every
@@ -16,9 +17,12 @@ Gaps of Optuna's heartbeat/retry (Optuna 5.0) that routespace closes:
    :class:`Heartbeat` thread beats (first beat synchronously, right after ``ask``);
 2. stale trials are only failed when ``optimize`` starts a trial; the engine calls :func:`fail_stale`
    before every trial and while it waits for other workers;
-3. the RDB storage never reports a RUNNING trial that has no heartbeat row; the first beat follows
-   ``ask`` at once, which leaves a window of microseconds (a worker killed inside it leaves a RUNNING
-   trial that is never retried; the journal storage falls back to the trial's start time instead);
+3. the RDB storage never reports a RUNNING trial that has no heartbeat row, so a worker killed between
+   ``ask`` and its first beat (which follows ``ask`` at once) left a trial that was never retried.
+   :class:`HeartbeatRDBStorage` also reports RUNNING trials without a heartbeat row whose start is older
+   than the grace period (the journal storage does the same). A trial's start is written with the
+   asking machine's clock, so machines sharing a study need clocks that agree to well within the grace
+   period (NTP gives milliseconds);
 4. ``RetryHeartbeatStaleTrialCallback`` copies the dead trial's system and user attributes into the
    retry (heartbeat timestamp, constraint values, partial results); :func:`retry_callback` drops them;
 5. a worker that reached ``--trials`` would stop and leave a stale trial un-retried; the engine counts
@@ -26,6 +30,11 @@ Gaps of Optuna's heartbeat/retry (Optuna 5.0) that routespace closes:
    so a study ends with exactly ``--trials`` completed trials;
 6. a worker declared stale while still alive gets ``UpdateFinishedTrialError`` on ``tell``; the engine
    drops its result (the retry stands).
+
+Secrets: :func:`mask_url` is the one function through which every storage URL (and every message that may
+hold one) passes before routespace writes or prints it: ``summary.json``, the study's stored config,
+trial attributes, progress output and error messages. ``--storage-env VAR`` (:func:`storage_url_from_env`)
+reads the URL from an environment variable so that it is neither in the command line nor in shell history.
 """
 from __future__ import annotations
 
@@ -40,9 +49,74 @@ from ..spaces.errors import RoutespaceError
 HEARTBEAT_ATTR = "routespace:heartbeat"
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to print)."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", str(url))
+MASK = "***"
+# The password of a URL's user info, as SQLAlchemy and libpq read it: after "scheme://user:" up to the last
+# "@" of the URL (a stray "@" in a password hides the rest rather than showing it).
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#:@'\"<>]*:)[^\s'\"<>]*@")
+# Secret-bearing parameters of a URL query (?password=...) or a libpq connection string (password=...).
+_SECRET_PARAM = re.compile(
+    r"(?i)(?P<key>\b(?:ssl)?pass(?:word|wd)?|\bpwd|\b[\w-]*secret[\w-]*|\b[\w-]*token|\bapi[_-]?key|\baccess[_-]?key)"
+    r"(?P<eq>\s*=\s*)(?:'[^']*'|[^\s&;'\"<>,)]+)"
+)
+_known_secrets: set[str] = set()
+
+
+def mask_url(text: str) -> str:
+    """``text`` (a URL, or any message holding URLs) with every secret replaced by ``***``: the password of
+    ``scheme://user:PASSWORD@host``, the values of ``password=``/``secret``/``token`` parameters, and any
+    password of a storage opened in this process (:func:`remember_secrets`) wherever it appears.
+
+    The one masking function of routespace: use it on anything derived from a storage URL before it is
+    written to a file, a study attribute, a log line, a progress bar or an error message.
+    """
+    out = str(text)
+    for secret in sorted(_known_secrets, key=len, reverse=True):
+        out = out.replace(secret, MASK)
+    out = _USERINFO.sub(lambda m: m.group("head") + MASK + "@", out)
+    return _SECRET_PARAM.sub(lambda m: m.group("key") + m.group("eq") + MASK, out)
+
+
+def remember_secrets(url: str) -> None:
+    """Record the password of ``url`` (as written and percent-decoded) so that :func:`mask_url` hides it
+    even where it appears outside a URL, e.g. in a driver's message."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if _SECRET_PARAM.match(f"{k}=x")]
+    except ValueError:  # not a URL: nothing to remember
+        return
+    raw = _USERINFO.match(url)
+    if raw:
+        found.append(raw.group(0)[len(raw.group("head")):-1])
+    for secret in found:
+        for form in (secret, unquote(secret)):
+            if len(form) >= 4:  # shorter ones would mask ordinary text; the patterns still catch them in URLs
+                _known_secrets.add(form)
+
+
+def storage_url_from_env(name: str) -> str:
+    """The storage URL held by environment variable ``name`` (``--storage-env``); one-line errors that never
+    show the variable's value."""
+    import os
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or ""):
+        raise RoutespaceError(
+            f"--storage-env takes the name of an environment variable holding the storage URL, not "
+            f"{mask_url(name)!r}: e.g. export ROUTESPACE_STORAGE=postgresql://USER@HOST/DB; --storage-env ROUTESPACE_STORAGE"
+        )
+    value = os.environ.get(name)
+    if value is None:
+        raise RoutespaceError(f"--storage-env {name}: environment variable {name} is not set (export it with the storage URL)")
+    value = value.strip()
+    if not value:
+        raise RoutespaceError(f"--storage-env {name}: environment variable {name} is empty (it should hold the storage URL)")
+    if "://" not in value and not is_journal_url(value) and not value.startswith("sqlite:"):
+        raise RoutespaceError(
+            f"--storage-env {name}: environment variable {name} does not hold a storage URL (its value is not shown): "
+            "expected sqlite:///PATH, postgresql://USER[:PASSWORD]@HOST:PORT/DB or journal:PATH"
+        )
+    return value
 
 
 def _journal_storage_class():
@@ -85,6 +159,40 @@ def _journal_storage_class():
             raise TypeError("HeartbeatJournalStorage is not picklable: open it by URL in each process")
 
     return HeartbeatJournalStorage
+
+
+def _rdb_storage_class():
+    import optuna
+    from optuna.storages._rdb import models  # pinned: optuna 4.x/5.0 layout
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    class HeartbeatRDBStorage(optuna.storages.RDBStorage):
+        """RDBStorage whose stale-trial sweep also reports RUNNING trials that never beat.
+
+        Optuna skips a RUNNING trial without a heartbeat row, so a worker killed between ``ask`` and its
+        first beat left a trial that was never failed nor retried. Such a trial is stale here once its
+        start (``datetime_start``, in UTC by the asking process's clock) is older than the grace period.
+        """
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            from datetime import datetime, timedelta, timezone
+
+            stale = super()._get_stale_trial_ids(study_id)
+            grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
+            # the column holds naive UTC (optuna 5.0)
+            started_before = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=grace)
+            with _create_scoped_session(self.scoped_session) as session:
+                never_beat = (
+                    session.query(models.TrialModel.trial_id)
+                    .filter(models.TrialModel.study_id == study_id)
+                    .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+                    .filter(~models.TrialModel.heartbeats.any())
+                    .filter(models.TrialModel._datetime_start_utc < started_before)
+                    .all()
+                )
+            return stale + [row[0] for row in never_beat if row[0] not in stale]
+
+    return HeartbeatRDBStorage
 
 
 def retry_callback(max_retry: int | None = 3):
@@ -133,6 +241,7 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | Non
     if grace <= heartbeat_interval:
         raise RoutespaceError(f"heartbeat grace period ({grace} s) must be longer than the interval ({heartbeat_interval} s)")
     retry = retry_callback(max_retry=3)
+    remember_secrets(url)
     shown = mask_url(url)
     if is_journal_url(url):
         from optuna.storages.journal import JournalFileBackend
@@ -166,7 +275,7 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | Non
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeat_interval is "experimental"
-            return optuna.storages.RDBStorage(
+            return _rdb_storage_class()(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,

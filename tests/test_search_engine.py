@@ -250,3 +250,79 @@ def test_training_step_and_time_budgets_stop_the_search(tmp_path):
         study="timed", search_budget=SearchBudget(trials=50, timeout_s=0.05))
     outcome = run_search(config, tmp_path / "out2", SpyEvaluator())
     assert "time budget" in outcome.stop_reason and outcome.summary["counts"]["complete"] < 50
+
+
+# --- secrets and the ask-before-first-heartbeat gap ---------------------------------------------------------
+@pytest.mark.parametrize("text, shown", [
+    ("postgresql://searcher:s3cr%40t@db:5432/rs", "postgresql://searcher:***@db:5432/rs"),
+    ("postgresql://searcher:pa@ss@db/rs", "postgresql://searcher:***@db/rs"),  # a stray '@' hides the rest
+    ("postgresql+psycopg://u:p/w@db/rs?sslmode=require", "postgresql+psycopg://u:***@db/rs?sslmode=require"),
+    ("postgresql://u@db/rs?password=hunter22&sslmode=require", "postgresql://u@db/rs?password=***&sslmode=require"),
+    ("host=db user=u password=hunter22 dbname=rs", "host=db user=u password=*** dbname=rs"),
+    ("cannot open storage 'mysql://root:toor@localhost/x': refused", "cannot open storage 'mysql://root:***@localhost/x': refused"),
+    ("postgresql://u@db:5432/rs", "postgresql://u@db:5432/rs"),  # nothing secret: unchanged
+    ("postgresql://db:5432/rs", "postgresql://db:5432/rs"),
+    ("sqlite:////tmp/out/study.db", "sqlite:////tmp/out/study.db"),
+    ("journal:runs/a:b/study.log", "journal:runs/a:b/study.log"),
+])
+def test_mask_url(text, shown):
+    from routespace.search.storage import mask_url
+
+    assert mask_url(text) == shown
+
+
+def test_a_remembered_password_is_masked_outside_urls_too():
+    from routespace.search.storage import mask_url, remember_secrets
+
+    remember_secrets("postgresql://u:Zq%2Fx%40secret9@db/rs")
+    assert mask_url("driver said: bad password Zq/x@secret9 (Zq%2Fx%40secret9)") == "driver said: bad password *** (***)"
+
+
+def test_stored_and_written_config_holds_the_masked_url(tmp_path):
+    config = _config(tmp_path, "random").with_(storage="postgresql://searcher:hunter22@db:5432/rs")
+    assert config.to_dict()["storage"] == "postgresql://searcher:***@db:5432/rs"
+    assert config.to_dict(mask_secrets=False)["storage"] == config.storage  # for this machine's workers only
+    assert "hunter22" not in repr(config)
+    assert SearchConfig.from_dict(config.to_dict(mask_secrets=False)) == config
+
+
+def test_a_study_stored_with_a_clear_password_is_masked_when_continued(tmp_path):
+    """Studies made before masking held the URL in clear in their stored config: continuing one masks it."""
+    from routespace.search.config import CONFIG_ATTR
+
+    url = f"sqlite:///{tmp_path / 'old.db'}?password=hunter22"  # SQLite ignores it; the study stores it
+    config = _config(tmp_path, "random").with_(storage=url)
+    study, _ = open_study(config)
+    study.set_user_attr(CONFIG_ATTR, config.to_dict(mask_secrets=False))  # as an older routespace wrote it
+    assert "hunter22" in json.dumps(study.user_attrs)
+    study, _ = open_study(config)
+    assert "hunter22" not in json.dumps(study.user_attrs)
+    assert study.user_attrs[CONFIG_ATTR]["storage"].endswith("?password=***")
+
+
+def _never_beaten_trial_is_failed_within_grace(config) -> None:
+    """A worker killed between ``ask`` and its first heartbeat leaves a RUNNING trial with no heartbeat at
+    all: it must be failed once older than the grace period (not before) and re-run with its parameters."""
+    study, storage = open_study(config)
+    dead = study.ask()
+    arch = config.make_encoding().suggest(dead)  # drew its params, then was killed before any beat
+    fail_stale(study)
+    assert study.get_trials()[0].state.name == "RUNNING"  # younger than the grace period: left alone
+    time.sleep(config.grace_period + 0.5)
+    fail_stale(study)
+    trials = study.get_trials()
+    assert trials[0].state.name == "FAIL"
+    assert [t.state.name for t in trials[1:]] == ["WAITING"] and trials[1].params == dead.params
+    spy = SpyEvaluator()
+    SearchSession(config, study, storage, spy).optimize(optuna.samplers.RandomSampler(5))
+    trials = study.get_trials()
+    assert spy.seen[0] == arch  # the retry ran first
+    assert [t.user_attrs.get("retry_of") for t in trials if t.state.name == "COMPLETE"][0] == 0
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_trial_of_a_worker_killed_before_its_first_heartbeat_is_retried(tmp_path, kind):
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:{tmp_path / 's.log'}"
+    _never_beaten_trial_is_failed_within_grace(_config(tmp_path, "random", trials=2).with_(storage=url))
