@@ -45,6 +45,31 @@ def test_export_state_dict_then_torchscript_keeps_weights(tmp_path):
         assert (ts(x) - net(x)).abs().max() <= 1e-5
 
 
+def test_export_program_from_state_dict_keeps_weights(tmp_path, capsys):
+    assert main(["export", "fcn32s", "--preset", "tiny", "--format", "state_dict", "--seed", "5", "-o", str(tmp_path / "w.pt")]) == 0
+    assert main(["export", str(tmp_path / "w.pt"), "--format", "export", "-o", str(tmp_path / "m.pt2")]) == 0
+    assert "torch.export" in capsys.readouterr().out
+    from routespace.spaces.exports import load_state_dict
+
+    net = load_state_dict(tmp_path / "w.pt")
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    for h, w in ((64, 64), (128, 32)):
+        x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h))
+        with torch.no_grad():
+            assert torch.equal(program(x), net(x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2", "w.pt"]  # no temp file left
+
+
+def test_cli_format_choices_are_the_registry():
+    from routespace.cli.main import make_parser
+    from routespace.spaces.exports import FORMATS, SUFFIXES
+
+    export_parser = make_parser()._subparsers._group_actions[0].choices["export"]
+    (action,) = [a for a in export_parser._actions if a.dest == "format"]
+    assert tuple(action.choices) == tuple(FORMATS) and "export" in FORMATS
+    assert SUFFIXES["export"] == ".pt2" and all(f.kind in ("graph", "model") for f in FORMATS.values())
+
+
 def _listing(folder):
     return sorted(p.name for p in folder.iterdir())
 

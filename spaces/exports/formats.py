@@ -1,20 +1,112 @@
-"""One entry point for every export format: ``export(arch_or_net, fmt, path)``."""
+"""One entry point for every export format: ``export(arch_or_net, fmt, path)``; the formats are the table
+``FORMATS``, which the CLI reads its choices from."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from ..architecture import Architecture
-from ..builder import StaticNet, build
 from ..errors import RoutespaceError
 
-GRAPH_FORMATS = ("json", "nodelink", "graphml")
-MODEL_FORMATS = ("torchscript", "onnx", "state_dict")
-EXPORT_FORMATS = GRAPH_FORMATS + MODEL_FORMATS
-SUFFIXES = {
-    "json": ".json", "nodelink": ".json", "graphml": ".graphml",
-    "torchscript": ".pt", "onnx": ".onnx", "state_dict": ".pt",
-}
+if TYPE_CHECKING:  # torch is imported only when a model is built or exported
+    from ..builder import StaticNet
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: its name (``--format``), usual file suffix, kind ("graph": the architecture only;
+    "model": a net with weights), one line of help, and the writer ``write(arch_or_net, path, size, seed)``,
+    which writes atomically and returns a few words on how the file was made."""
+
+    name: str
+    suffix: str
+    kind: str
+    help: str
+    write: Callable[[Architecture | StaticNet, Path, tuple[int, int] | None, int], str]
+
+
+def _write_json(model, path, size, seed) -> str:
+    from ..fileio import write_text_atomic
+
+    write_text_atomic(path, _arch(model).to_json())
+    return "routespace spec JSON"
+
+
+def _write_nodelink(model, path, size, seed) -> str:
+    from ..fileio import write_text_atomic
+    from .graph import node_link_json
+
+    write_text_atomic(path, node_link_json(_arch(model)))
+    return "networkx node-link JSON"
+
+
+def _write_graphml(model, path, size, seed) -> str:
+    import networkx as nx
+
+    from ..fileio import atomic_path
+    from .graph import architecture_to_graph
+
+    with atomic_path(path) as tmp:
+        nx.write_graphml(architecture_to_graph(_arch(model)), str(tmp))
+    return "GraphML"
+
+
+def _write_torchscript(model, path, size, seed) -> str:
+    from .model import save_torchscript
+
+    return save_torchscript(_net(model, seed), path, size)
+
+
+def _write_program(model, path, size, seed) -> str:
+    from .model import save_export
+
+    return save_export(_net(model, seed), path, size)
+
+
+def _write_onnx(model, path, size, seed) -> str:
+    from .model import save_onnx
+
+    return save_onnx(_net(model, seed), path, size)
+
+
+def _write_state_dict(model, path, size, seed) -> str:
+    from .model import save_state_dict
+
+    return save_state_dict(_net(model, seed), path)
+
+
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("json", ".json", "graph", "the spec (routespace JSON)", _write_json),
+    ExportFormat("nodelink", ".json", "graph", "networkx node-link JSON", _write_nodelink),
+    ExportFormat("graphml", ".graphml", "graph", "GraphML", _write_graphml),
+    ExportFormat("torchscript", ".pt", "model", "TorchScript (torch.jit.load)", _write_torchscript),
+    ExportFormat("export", ".pt2", "model", "torch.export program (torch.export.load)", _write_program),
+    ExportFormat("onnx", ".onnx", "model", "ONNX (onnxruntime)", _write_onnx),
+    ExportFormat("state_dict", ".pt", "model", "spec + weights (torch.load weights_only; re-exportable)",
+                 _write_state_dict),
+)}
+EXPORT_FORMATS = tuple(FORMATS)
+GRAPH_FORMATS = tuple(n for n, f in FORMATS.items() if f.kind == "graph")
+MODEL_FORMATS = tuple(n for n, f in FORMATS.items() if f.kind == "model")
+SUFFIXES = {n: f.suffix for n, f in FORMATS.items()}
+
+
+def _arch(model: Architecture | StaticNet) -> Architecture:
+    return model if isinstance(model, Architecture) else model.arch
+
+
+def _net(model: Architecture | StaticNet, seed: int) -> StaticNet:
+    """``model`` itself if it is a net, else the Architecture built with weights seeded by ``seed``."""
+    if not isinstance(model, Architecture):
+        return model
+    import torch
+
+    from ..builder import build
+
+    torch.manual_seed(seed)
+    return build(model)
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -32,6 +124,24 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def write_export(
+    model: Architecture | StaticNet,
+    fmt: str,
+    path: str | os.PathLike,
+    size: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> tuple[Path, str]:
+    """:func:`export`, also returning the writer's few words on how the file was made (for the CLI)."""
+    if fmt not in FORMATS:
+        raise RoutespaceError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    path = check_output_path(path)
+    try:
+        detail = FORMATS[fmt].write(model, path, size, seed)
+    except OSError as exc:  # disk full, permission denied at rename, ...: nothing partial is left
+        raise RoutespaceError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path, detail
+
+
 def export(
     model: Architecture | StaticNet,
     fmt: str,
@@ -39,52 +149,13 @@ def export(
     size: tuple[int, int] | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write ``model`` in format ``fmt`` (one of EXPORT_FORMATS) to ``path``, atomically.
+    """Write ``model`` in format ``fmt`` (one of EXPORT_FORMATS, see FORMATS) to ``path``, atomically.
 
     An Architecture given for a model format is built with freshly initialised weights
     (``torch.manual_seed(seed)``); pass a trained StaticNet to export its weights. ``size`` is the
     example input used for tracing (default 64x64); the exported graph accepts any H, W multiple of 32.
     """
-    from ..fileio import write_text_atomic
-
-    if fmt not in EXPORT_FORMATS:
-        raise RoutespaceError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
-    path = check_output_path(path)
-    arch = model.arch if isinstance(model, StaticNet) else model
-    try:
-        if fmt == "json":
-            write_text_atomic(path, arch.to_json())
-        elif fmt == "nodelink":
-            from .graph import node_link_json
-
-            write_text_atomic(path, node_link_json(arch))
-        elif fmt == "graphml":
-            import networkx as nx
-
-            from ..fileio import atomic_path
-            from .graph import architecture_to_graph
-
-            with atomic_path(path) as tmp:
-                nx.write_graphml(architecture_to_graph(arch), str(tmp))
-        else:
-            from . import model as m
-
-            if isinstance(model, StaticNet):
-                net = model
-            else:
-                import torch
-
-                torch.manual_seed(seed)
-                net = build(arch)
-            if fmt == "torchscript":
-                m.save_torchscript(net, path, size)
-            elif fmt == "onnx":
-                m.save_onnx(net, path, size)
-            else:
-                m.save_state_dict(net, path)
-    except OSError as exc:  # disk full, permission denied at rename, ...: nothing partial is left
-        raise RoutespaceError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+    return write_export(model, fmt, path, size, seed)[0]
 
 
 def import_architecture(path: str | os.PathLike, fmt: str | None = None) -> Architecture:
