@@ -84,7 +84,7 @@ def time_training(space, size, batch: int, steps: int, threads: int) -> dict:
     """Seconds per training step of the supernet (wall and process CPU), budget loss on."""
     import torch
 
-    from routespace.evaluators.schedule import BudgetLoss
+    from routespace.search.dynamic.budget import BudgetLoss
     from routespace.evaluators.synthetic import embedded_default
     from routespace.evaluators.train import TrainConfig, fit
     from routespace.spaces.supernet import DynamicNet, body_flops_all_open

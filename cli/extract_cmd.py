@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluators.datasets import load_dataset
     from ..evaluators.evaluate import load_run_model
     from ..evaluators.runfolder import read_manifest
-    from ..search.common import common_architecture, edge_frequencies
+    from ..search.dynamic.common import common_architecture, edge_frequencies
     from ..spaces.fileio import write_json_atomic, write_text_atomic
 
     run_dir = Path(args.run)

@@ -7,12 +7,13 @@ import dataclasses
 import shlex
 from pathlib import Path
 
+from ..search.dynamic.settings import (
+    BUDGET_MODES, DEFAULT_BUDGET_MODE, DEFAULT_RAMP, DEFAULT_WARMUP, SETTINGS, setting,
+)
 from ..spaces.errors import RoutespaceError
+from ..spaces.layout import GATE_RESOLUTIONS
 
-DEFAULT_MU = 0.2
-DEFAULT_LAMBDA = 0.5
-DEFAULT_WARMUP = 0.4
-DEFAULT_RAMP = 0.2
+DEFAULT_SETTING = "C"  # budgeted runs without --setting; --no-budget alone means 'raw'
 # Training crop per preset when --size is not given (else the space's input size): the paper's 768x768.
 TRAIN_SIZES = {"paper": (768, 768)}
 
@@ -22,24 +23,34 @@ def register(sub) -> None:
         "train",
         help="train a dynamic-routing net under a FLOPs budget (or a static net with --arch)",
         description="Train the dynamic-routing supernet of a space preset under a body-FLOPs budget "
-        "(budget loss lambda*(E[body FLOPs]/all-open body FLOPs - mu)^2, off for the first warm-up fraction "
-        "of training, then ramped up). Settings not given when resuming are taken from the run folder.",
+        "(budget loss lambda*(mean over the batch of body FLOPs/all-open body FLOPs - mu)^2, off for the first "
+        "warm-up fraction of training, then ramped up). --setting A|B|C|raw takes lambda, mu and the gate "
+        "resolution of the released configs (default C; explicit flags override them). Settings not given "
+        "when resuming are taken from the run folder.",
     )
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (created; holds manifest, history, checkpoints)")
     p.add_argument("--preset", choices=("tiny", "paper"), default=None, help="space preset and its training defaults (default tiny)")
     p.add_argument("--arch", default=None, metavar="SPEC",
                    help="train a static net instead: an architecture spec JSON file or a classic name (e.g. unet)")
     b = p.add_argument_group("budget (dynamic net)")
-    b.add_argument("--budget-mu", type=float, default=None, metavar="MU", help=f"target body FLOPs as a fraction of the all-open body, in (0, 1] (default {DEFAULT_MU})")
+    b.add_argument("--setting", default=None, metavar="NAME",
+                   help="released setting: " + "; ".join(s.description for s in SETTINGS.values()) + f" (default {DEFAULT_SETTING})")
+    b.add_argument("--budget-mode", default=None, metavar="MODE",
+                   help="paper: the released soft loss on expected FLOPs, fixed lambda; realised: the same on the FLOPs "
+                   f"that really run, adaptive lambda, so mu holds on what runs (default {DEFAULT_BUDGET_MODE})")
+    b.add_argument("--gate-resolution", default=None, metavar="RES",
+                   help="full, or quarter (the small gate: input bilinearly scaled by 0.25); default from the setting")
+    b.add_argument("--budget-mu", type=float, default=None, metavar="MU", help="target body FLOPs as a fraction of the all-open body, in (0, 1] (default from the setting)")
     b.add_argument("--budget-gflops", type=float, default=None, metavar="G",
                    help="target total GFLOPs at the validation size (--val-size), converted to mu (stem, decoder and gates "
                    "counted at their all-open cost)")
-    b.add_argument("--budget-lambda", type=float, default=None, metavar="LAMBDA", help=f"weight of the budget loss (default {DEFAULT_LAMBDA})")
+    b.add_argument("--budget-lambda", type=float, default=None, metavar="LAMBDA", help="weight of the budget loss (default from the setting)")
     b.add_argument("--budget-warmup", type=float, default=None, metavar="FRAC", help=f"fraction of training before the budget loss starts (default {DEFAULT_WARMUP})")
     b.add_argument("--budget-ramp", type=float, default=None, metavar="FRAC", help=f"fraction of training over which it ramps to full lambda (default {DEFAULT_RAMP})")
     b.add_argument("--no-budget", action="store_true", help="train without the budget loss")
     b.add_argument("--fixed-lambda", action="store_true",
-                   help="keep lambda fixed (default: adaptive, raised while the realised FLOPs are above the target)")
+                   help="keep lambda fixed in realised mode (default there: adaptive, raised while the realised FLOPs are "
+                   "above the target; paper mode always keeps it fixed)")
     d = p.add_argument_group("data")
     d.add_argument("--data", default=None, help="synthetic (default), synthetic:small, synthetic:large, cityscapes:PATH or voc:PATH")
     d.add_argument("--val-size", default=None, metavar="HxW",
@@ -68,16 +79,30 @@ _CONFIG_FLAGS = ("steps", "batch_size", "lr", "optimizer", "weight_decay", "warm
                  "drop_path", "seed", "checkpoint_every", "num_workers", "device")
 
 
+_BUDGET_FLAGS = ("budget_mu", "budget_gflops", "budget_lambda", "budget_warmup", "budget_ramp", "budget_mode")
+
+
 def _check_flags(args: argparse.Namespace) -> None:
     """Flag combinations and ranges, checked before anything is read or written."""
-    from ..evaluators.schedule import check_mu
+    from ..search.dynamic.budget import check_mu
+    from ..search.dynamic.settings import check_budget_mode
 
-    budget_given = [f for f in ("budget_mu", "budget_gflops", "budget_lambda", "budget_warmup", "budget_ramp")
-                    if getattr(args, f) is not None]
+    if args.setting is not None:
+        setting(args.setting)
+    if args.budget_mode is not None:
+        check_budget_mode(args.budget_mode)
+    if args.gate_resolution is not None and args.gate_resolution not in GATE_RESOLUTIONS:
+        raise RoutespaceError(f"unknown gate resolution {args.gate_resolution!r}: choose one of {', '.join(GATE_RESOLUTIONS)}")
+    budget_given = [f for f in _BUDGET_FLAGS if getattr(args, f) is not None]
     if args.no_budget and budget_given:
         raise RoutespaceError(f"--no-budget conflicts with --{budget_given[0].replace('_', '-')}: give one or the other")
-    if args.arch and (budget_given or args.no_budget):
-        raise RoutespaceError("budget flags apply to the dynamic net only: leave them out with --arch")
+    if args.setting is not None and args.no_budget:
+        raise RoutespaceError(f"--no-budget conflicts with --setting {args.setting}: use --setting raw for a net without budget")
+    if args.setting == "raw" and budget_given:
+        raise RoutespaceError(f"--setting raw has no budget, so --{budget_given[0].replace('_', '-')} is ambiguous: "
+                              "use --setting A, B or C (or no setting) with budget flags")
+    if args.arch and (budget_given or args.no_budget or args.setting or args.gate_resolution):
+        raise RoutespaceError("budget, setting and gate flags apply to the dynamic net only: leave them out with --arch")
     if args.budget_mu is not None and args.budget_gflops is not None:
         raise RoutespaceError("give either --budget-mu or --budget-gflops, not both")
     if args.budget_mu is not None:
@@ -111,27 +136,45 @@ def _pick(explicit, previous, default):
     return explicit if explicit is not None else (previous if previous is not None else default)
 
 
-def _budget(args: argparse.Namespace, prev: dict, space, size) -> dict | None:
-    from ..evaluators.schedule import mu_for_gflops
+def _setting_name(args: argparse.Namespace, prev: dict) -> str:
+    if args.setting is not None:
+        return args.setting
+    if prev.get("setting"):
+        return prev["setting"]
+    if args.no_budget or (prev and prev.get("budget", "unset") is None):
+        return "raw"
+    return DEFAULT_SETTING
+
+
+def _budget(args: argparse.Namespace, prev: dict, space, size, gate_resolution: str) -> dict | None:
+    """The budget of a dynamic run: its setting's values, explicit flags on top, the run folder's when resuming."""
+    from ..search.dynamic.budget import mu_for_gflops
 
     if args.arch or prev.get("arch"):
         return None
-    old = prev.get("budget", "unset")
-    explicit = any(getattr(args, f) is not None for f in ("budget_mu", "budget_gflops", "budget_lambda", "budget_warmup", "budget_ramp"))
-    if args.no_budget or (old is None and not explicit):
+    named = setting(_setting_name(args, prev))
+    explicit = any(getattr(args, f) is not None for f in _BUDGET_FLAGS)
+    old = prev.get("budget")
+    if not named.budgeted and not explicit:
         return None
     old = old if isinstance(old, dict) else {}
     gflops = args.budget_gflops if args.budget_mu is None else None
     if args.budget_mu is None and args.budget_gflops is None:
         gflops = old.get("gflops")
-    mu = mu_for_gflops(space, size, gflops) if gflops is not None else _pick(args.budget_mu, old.get("mu"), DEFAULT_MU)
+    default_mu = named.mu if named.mu is not None else SETTINGS[DEFAULT_SETTING].mu
+    default_lam = named.lam if named.lam is not None else SETTINGS[DEFAULT_SETTING].lam
+    mode = _pick(args.budget_mode, old.get("mode"), DEFAULT_BUDGET_MODE)
+    mu = mu_for_gflops(space, size, gflops, gate_resolution) if gflops is not None else _pick(args.budget_mu, old.get("mu"), default_mu)
+    adaptive = old.get("adaptive") if old else (mode == "realised" and not args.fixed_lambda)
     return {
+        "setting": named.name,
+        "mode": mode,
         "mu": mu,
         "gflops": gflops,
-        "lambda": _pick(args.budget_lambda, old.get("lambda"), DEFAULT_LAMBDA),
+        "lambda": _pick(args.budget_lambda, old.get("lambda"), default_lam),
         "warmup": _pick(args.budget_warmup, old.get("warmup"), DEFAULT_WARMUP),
         "ramp": _pick(args.budget_ramp, old.get("ramp"), DEFAULT_RAMP),
-        "adaptive": (not args.fixed_lambda) if not old else old.get("adaptive", True),
+        "adaptive": adaptive,
     }
 
 
@@ -156,8 +199,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluators.datasets import load_dataset
-    from ..evaluators.schedule import make_budget_loss
     from ..evaluators.train import fit, preset_config
+    from ..search.dynamic.budget import make_budget_loss
     from ..spaces.architecture import Architecture
     from ..spaces.space import parse_size, preset
 
@@ -179,7 +222,11 @@ def run(args: argparse.Namespace) -> int:
         arch = Architecture.from_dict(prev["arch"])
     elif arch_text is not None:
         arch = _load_arch(arch_text, space)
-    budget = _budget(args, prev, space, val_size)  # GFLOPs as `routespace evaluate` reports them
+    setting_name = None if arch is not None else _setting_name(args, prev)
+    gate_resolution = None
+    if arch is None:
+        gate_resolution = _pick(args.gate_resolution, prev.get("gate_resolution"), setting(setting_name).gate_resolution)
+    budget = _budget(args, prev, space, val_size, gate_resolution)  # GFLOPs as `routespace evaluate` reports them
 
     prev_cfg = prev.get("config", {})
     overrides = {f: _pick(getattr(args, f), prev_cfg.get(f), None) for f in _CONFIG_FLAGS}
@@ -203,14 +250,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..spaces.supernet import DynamicNet
 
-        model = DynamicNet(space)
-        kind, spec = "dynamic", {"space": space.to_dict()}
+        model = DynamicNet(space, gate_resolution=gate_resolution)
+        kind, spec = "dynamic", model.spec()
     extra_loss = None
     if budget is not None:
-        extra_loss = make_budget_loss(space, size, budget["mu"], budget["lambda"], budget["warmup"], budget["ramp"],
-                                      adaptive=budget.get("adaptive", True))
+        extra_loss = make_budget_loss(space, size, budget["mu"], budget["lambda"], budget["mode"], budget["warmup"],
+                                      budget["ramp"], adaptive=budget["adaptive"])
     cli = {"preset": preset_name, "data": data, "size": list(size), "val_size": list(val_size), "budget": budget,
-           "arch": arch.to_dict() if arch is not None else None}
+           "arch": arch.to_dict() if arch is not None else None, "setting": setting_name,
+           "gate_resolution": gate_resolution}
     meta = {
         "kind": kind, "spec": spec, "extra": {"cli": cli},
         "command": shlex.join(["routespace", "train", *_argv(args)]),
@@ -218,7 +266,10 @@ def run(args: argparse.Namespace) -> int:
     }
     result = fit(model, train_set, config, out_dir=args.out, extra_loss=extra_loss, resume=args.resume, meta=meta)
     what = f"static net {arch.name or 'spec'}" if arch is not None else f"dynamic net ({preset_name})"
-    btxt = "no budget" if budget is None else f"budget mu {budget['mu']:.3g} lambda {budget['lambda']:g}"
+    btxt = ("no budget" if budget is None else
+            f"setting {budget['setting']}, {budget['mode']} budget mu {budget['mu']:.3g} lambda {budget['lambda']:g}")
+    if arch is None:
+        btxt += f", {gate_resolution} gate"
     if arch is not None:
         btxt = "static"
     ran = result.steps - result.start_step

@@ -29,8 +29,7 @@ from ..spaces.fileio import write_json_atomic, write_text_atomic
 from ..spaces.space import RoutingSpace, preset
 from . import runfolder
 
-# The paper's three budget settings: name -> (lambda, mu).
-DYNAMIC_SETTINGS: dict[str, tuple[float, float]] = {"A": (0.8, 0.1), "B": (0.5, 0.1), "C": (0.5, 0.2)}
+from ..search.dynamic.settings import SETTINGS as DYNAMIC_SETTINGS
 MANIFEST = "comparison-manifest.json"
 
 
@@ -174,13 +173,15 @@ def _datasets(settings: CompareSettings):
 def _build_row_model(job: dict, space: RoutingSpace, size, progress: bool):
     """(model, extra loss, run meta) of a row: a budgeted dynamic net or a static architecture."""
     from ..spaces.builder import build
+    from ..search.dynamic.budget import make_budget_loss
     from ..spaces.supernet import DynamicNet
-    from .schedule import make_budget_loss
 
     if job["kind"] == "dynamic":
-        lam, mu = job["lam"], job["mu"]
-        meta = {"kind": "dynamic", "spec": {"space": space.to_dict()}, "extra": {"budget": {"lambda": lam, "mu": mu}}}
-        return DynamicNet(space), make_budget_loss(space, size, mu, lam, quiet=not progress), meta
+        lam, mu, mode = job["lam"], job["mu"], job.get("mode", "realised")
+        net = DynamicNet(space, gate_resolution=job.get("gate_resolution", "full"))
+        budget = None if mu is None else make_budget_loss(space, size, mu, lam, mode)
+        meta = {"kind": "dynamic", "spec": net.spec(), "extra": {"budget": {"lambda": lam, "mu": mu, "mode": mode}}}
+        return net, budget, meta
     arch = Architecture.from_dict(job["arch"])
     return build(arch), None, {"kind": "static", "spec": {"architecture": arch.to_dict()}}
 
@@ -303,7 +304,7 @@ def compare(
     ``workers`` > 1 trains that many rows at a time, each in its own process with one torch thread
     (faster on a CPU than one process with several threads); results are the same either way up to
     floating-point order."""
-    from ..search.common import common_architecture, edge_frequencies
+    from ..search.dynamic.common import common_architecture, edge_frequencies
     from .cost import architecture_cost
     from .evaluate import load_run_model
 
@@ -334,9 +335,10 @@ def compare(
     # 1. dynamic nets and the classics (independent of each other)
     jobs: list[dict] = []
     for setting in settings.dynamic:
-        lam, mu = DYNAMIC_SETTINGS[setting]
+        named = DYNAMIC_SETTINGS[setting]
         name = f"Dynamic-{setting}"
-        jobs += [{"name": name, "kind": "dynamic", "seed": seed, "lam": lam, "mu": mu} for seed in seeds_for(name)]
+        jobs += [{"name": name, "kind": "dynamic", "seed": seed, "lam": named.lam, "mu": named.mu,
+                  "gate_resolution": named.gate_resolution} for seed in seeds_for(name)]
     for cname in settings.classics:
         jobs += static_jobs(cname, "classic", CLASSICS[cname](space))
     for job in jobs:
@@ -455,7 +457,7 @@ def render_report(comparison: dict) -> str:
 
 def _write_plots(out: Path, space: RoutingSpace, table: list[dict], commons: dict, settings: CompareSettings) -> None:
     from .plots import plot_architecture, plot_pareto, save_figure
-    from ..search.common import EdgeFrequencies
+    from ..search.dynamic.common import EdgeFrequencies
 
     points = [(r["name"], r["gflops"], r["miou"], r["kind"]) for r in table]
     save_figure(plot_pareto(points, title="mIoU vs GFLOPs (per image)"), out / "pareto.png")

@@ -14,32 +14,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..spaces.architecture import Architecture
+from ..spaces.celltypes import cell_type
 from ..spaces.errors import RoutespaceError
 from ..spaces.layout import (
-    BN, Conv, Op, Pool, ReLU, Upsample, cell_ops, decoder_ops, edge_ops, feature_size, gate_ops,
-    gate_outputs, stem_ops,
+    BN, Conv, Op, Pool, ReLU, Upsample, cell_ops, decoder_ops, edge_ops, feature_size, gate_ops, gate_outputs,
+    out_ops, stem_ops,
 )
 from ..spaces.space import Edge, Node, RoutingSpace, check_input_size
 
-CONVENTIONS = ("paper", "fvcore")
+
+def _conv(op: Conv) -> int:
+    return op.h * op.w * op.cout * (op.cin // op.groups) * op.k * op.k
+
+
+def _per_element(factor: int) -> Callable[[Op], int]:
+    return lambda op: factor * op.c * op.h * op.w
+
+
+# A convention is a rule table: op record type -> FLOPs of one such op (fvcore's handle tables, in small).
+# Adding a convention is one entry here; every cost function and the CLI's choices read this table.
+CONVENTION_RULES: dict[str, dict[type, Callable[[Op], int]]] = {
+    "paper": {Conv: _conv, BN: _per_element(2), ReLU: _per_element(1), Upsample: _per_element(0), Pool: _per_element(0)},
+    "fvcore": {Conv: _conv, BN: _per_element(2), ReLU: _per_element(0), Upsample: _per_element(4), Pool: _per_element(1)},
+}
+CONVENTIONS = tuple(CONVENTION_RULES)
 
 
 def op_flops(op: Op, convention: str = "paper") -> int:
     """FLOPs of one op under a convention (pure)."""
-    if isinstance(op, Conv):
-        return op.h * op.w * op.cout * (op.cin // op.groups) * op.k * op.k
-    if isinstance(op, BN):
-        return 2 * op.c * op.h * op.w
-    if isinstance(op, ReLU):
-        return op.c * op.h * op.w if convention == "paper" else 0
-    if isinstance(op, Upsample):
-        return 0 if convention == "paper" else 4 * op.c * op.h * op.w
-    if isinstance(op, Pool):
-        return 0 if convention == "paper" else op.c * op.h * op.w
-    raise TypeError(f"unknown op {op!r}")
+    rule = CONVENTION_RULES[convention].get(type(op))
+    if rule is None:
+        raise TypeError(f"unknown op {op!r}")
+    return rule(op)
 
 
 def op_params(op: Op) -> int:
@@ -59,59 +68,75 @@ def ops_params(ops: Iterable[Op]) -> int:
 
 
 def _check_convention(convention: str) -> None:
-    if convention not in CONVENTIONS:
+    if convention not in CONVENTION_RULES:
         raise RoutespaceError(f"unknown FLOPs convention {convention!r}: choose one of {', '.join(CONVENTIONS)}")
 
 
 # --- cached per-part costs (space, size and convention are hashable) ---------------------------------
+def _cost(ops: list[Op], convention: str) -> tuple[int, int]:
+    return ops_flops(ops, convention), ops_params(ops)
+
+
 @lru_cache(maxsize=4096)
 def cell_cost(space: RoutingSpace, node: Node, cell: str, size: tuple[int, int], convention: str) -> tuple[int, int]:
     """(FLOPs, params) of the cell at ``node``."""
     h, w = feature_size(size, node[1])
-    ops = cell_ops(cell, space.channels(node[1]), h, w)
-    return ops_flops(ops, convention), ops_params(ops)
+    return _cost(cell_ops(cell, space.channels(node[1]), h, w), convention)
 
 
 @lru_cache(maxsize=8192)
-def edge_cost(space: RoutingSpace, edge: Edge, size: tuple[int, int], convention: str) -> tuple[int, int]:
-    ops = edge_ops(space, edge, size)
-    return ops_flops(ops, convention), ops_params(ops)
+def edge_cost(space: RoutingSpace, edge: Edge, size: tuple[int, int], convention: str,
+              passthrough: bool = False) -> tuple[int, int]:
+    """(FLOPs, params) of an edge; ``passthrough``: its source runs no cell (a keep edge then costs 0)."""
+    return _cost(edge_ops(space, edge, size, passthrough), convention)
+
+
+@lru_cache(maxsize=1024)
+def out_cost(space: RoutingSpace, scale: int, size: tuple[int, int], convention: str,
+             passthrough: bool = False) -> tuple[int, int]:
+    """(FLOPs, params) of the edge from the last-layer node at ``scale`` to the decoder."""
+    return _cost(out_ops(space, scale, size, passthrough), convention)
 
 
 @lru_cache(maxsize=4096)
-def gate_cost(space: RoutingSpace, node: Node, size: tuple[int, int], convention: str) -> tuple[int, int]:
+def gate_cost(space: RoutingSpace, node: Node, size: tuple[int, int], convention: str,
+              resolution: str = "full") -> tuple[int, int]:
     h, w = feature_size(size, node[1])
-    ops = gate_ops(space.channels(node[1]), gate_outputs(space, node), h, w)
-    return ops_flops(ops, convention), ops_params(ops)
+    return _cost(gate_ops(space.channels(node[1]), gate_outputs(space, node), h, w, resolution), convention)
 
 
 @lru_cache(maxsize=256)
 def stem_cost(space: RoutingSpace, size: tuple[int, int], convention: str) -> tuple[int, int]:
-    ops = stem_ops(space, size)
-    return ops_flops(ops, convention), ops_params(ops)
+    return _cost(stem_ops(space, size), convention)
 
 
 @lru_cache(maxsize=1024)
 def decoder_cost(space: RoutingSpace, top_scale: int, size: tuple[int, int], convention: str) -> tuple[int, int]:
-    ops = decoder_ops(space, [top_scale], size)
-    return ops_flops(ops, convention), ops_params(ops)
+    """(FLOPs, params) of the decoder starting at ``top_scale`` (the coarsest last-layer feature)."""
+    return _cost(decoder_ops(space, [top_scale], size), convention)
 
 
 # --- reports -----------------------------------------------------------------------------------------
 @dataclass
 class NodeCost:
-    """Cost of one node: its cell, its outgoing edges (paid by the source), and its gate if any."""
+    """Cost of one node: its cell, its outgoing edges (paid by the source; a last-layer node's edge to
+    the decoder is ``out_flops``), and its gate if any."""
 
     node: Node
     cell: str
     cell_flops: int = 0
     edge_flops: dict[Edge, int] = field(default_factory=dict)
+    out_flops: int = 0
     gate_flops: int = 0
     params: int = 0
 
     @property
+    def body_flops(self) -> int:
+        return self.cell_flops + sum(self.edge_flops.values()) + self.out_flops
+
+    @property
     def flops(self) -> int:
-        return self.cell_flops + sum(self.edge_flops.values()) + self.gate_flops
+        return self.body_flops + self.gate_flops
 
     def to_dict(self) -> dict:
         return {
@@ -119,10 +144,10 @@ class NodeCost:
             "scale": self.node[1],
             "cell": self.cell,
             "cell_gflops": self.cell_flops / 1e9,
-            "edges_gflops": sum(self.edge_flops.values()) / 1e9,
+            "edges_gflops": (sum(self.edge_flops.values()) + self.out_flops) / 1e9,
             "edges": [
                 {"to": [l, d], "gflops": f / 1e9} for (l, s, d), f in sorted(self.edge_flops.items())
-            ],
+            ] + ([{"to": "decoder", "gflops": self.out_flops / 1e9}] if self.out_flops else []),
             "gate_gflops": self.gate_flops / 1e9,
             "gflops": self.flops / 1e9,
             "params": self.params,
@@ -144,7 +169,7 @@ class CostReport:
 
     @property
     def body_flops(self) -> int:
-        return sum(n.cell_flops + sum(n.edge_flops.values()) for n in self.nodes)
+        return sum(n.body_flops for n in self.nodes)
 
     @property
     def gate_flops(self) -> int:
@@ -187,11 +212,12 @@ def architecture_cost(
     size: tuple[int, int] | None = None,
     convention: str = "paper",
     gates: bool = False,
+    gate_resolution: str = "full",
 ) -> CostReport:
     """Exact cost of a static architecture at ``size`` (default: the space's input size).
 
     With ``gates=True`` the gate head of every active node is added (as in a dynamic net with these
-    paths open)."""
+    paths open), read at ``gate_resolution`` ('full' or 'quarter')."""
     _check_convention(convention)
     space = arch.space
     size = _size(space, size)
@@ -200,17 +226,19 @@ def architecture_cost(
     params = stem_p + dec_p
     nodes = []
     for node in arch.nodes:
-        cell = "stem" if node[0] == 0 else arch.cell_of(node)
+        cell = arch.cell_of(node)
+        passthrough = cell_type(cell).runs_nothing
         nc = NodeCost(node, cell)
-        if node[0] > 0:
-            nc.cell_flops, p = cell_cost(space, node, cell, size, convention)
-            nc.params += p
+        nc.cell_flops, p = cell_cost(space, node, cell, size, convention)
+        nc.params += p
         for e in arch.out_edges(node):
-            f, p = edge_cost(space, e, size, convention)
+            f, p = edge_cost(space, e, size, convention, passthrough)
             nc.edge_flops[e] = f
             nc.params += p
+        if node[0] == space.layers:
+            nc.out_flops = out_cost(space, node[1], size, convention, passthrough)[0]
         if gates:
-            nc.gate_flops, p = gate_cost(space, node, size, convention)
+            nc.gate_flops, p = gate_cost(space, node, size, convention, gate_resolution)
             nc.params += p
         params += nc.params
         nodes.append(nc)
@@ -222,11 +250,12 @@ def space_cost(
     size: tuple[int, int] | None = None,
     convention: str = "paper",
     gates: bool = True,
+    gate_resolution: str = "full",
 ) -> CostReport:
     """Cost of the whole space with every edge open (the dynamic supernet's upper bound), with or
     without the gate heads."""
-    report = architecture_cost(Architecture.all_open(space), size, convention, gates)
-    report.name = "all-open" + (" + gates" if gates else " (no gates)")
+    report = architecture_cost(Architecture.all_open(space), size, convention, gates, gate_resolution)
+    report.name = "all-open" + (f" + gates ({gate_resolution})" if gates else " (no gates)")
     return report
 
 

@@ -83,7 +83,8 @@ def evaluate(
     ``gflops``, ``params_m``. Dynamic nets: ``gflops_mean/min/max/std`` (realised, total per image),
     ``body_gflops_mean/min/max``, ``body_gflops_all_open``, ``gflops_all_open`` (all open, with gates,
     from ``space_cost``), ``latency_ms_all_open``, ``gate_entropy_mean`` (bits per gate, 0 = decisive),
-    ``edges_varying_fraction`` (gates open for some images and closed for others), ``per_image_gflops``.
+    ``edges_varying_fraction`` (gates open for some images and closed for others), ``per_image_gflops``,
+    ``route_scale_spearman`` (per-image GFLOPs vs mean object size; None on data without object sizes).
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model = model.to(dev).eval()
@@ -131,6 +132,7 @@ def evaluate(
     }
     if dynamic:
         result.update(_dynamic_figures(model, size, torch.cat(flops), torch.cat(body)))
+        result["route_scale_spearman"] = route_scale_spearman(result["per_image_gflops"], val_set)
         result["gate_entropy_mean"] = entropy_sum / entropy_count if entropy_count else math.nan
         result["edges_varying_fraction"] = (
             sum(ever_open[k] and ever_closed[k] for k in ever_open) / len(ever_open) if ever_open else math.nan
@@ -151,12 +153,23 @@ def evaluate(
     return result
 
 
+def route_scale_spearman(per_image_gflops: list[float], val_set) -> float | None:
+    """Rank correlation between each image's realised GFLOPs and its mean object size (px), on data that
+    records object sizes (``mean_object_px``); None elsewhere (and nan when either side is constant)."""
+    if not hasattr(val_set, "mean_object_px") or len(per_image_gflops) < 2:
+        return None
+    from .metrics import spearman
+
+    sizes = [float(val_set.mean_object_px(i)) for i in range(len(per_image_gflops))]
+    return spearman(per_image_gflops, sizes)
+
+
 def _dynamic_figures(model: nn.Module, size: list[int], flops: torch.Tensor, body: torch.Tensor) -> dict:
     from routespace.spaces.supernet import body_flops_all_open
 
     from .cost import space_cost
 
-    all_open = space_cost(model.space, tuple(size), "paper", gates=True)
+    all_open = space_cost(model.space, tuple(size), "paper", gates=True, gate_resolution=model.gate_resolution)
     gf, bgf = flops / 1e9, body / 1e9
     return {
         "gflops_mean": float(gf.mean()),
@@ -208,7 +221,7 @@ def build_model(kind: str | None, spec: dict, source="run") -> nn.Module:
         from routespace.spaces.space import RoutingSpace
         from routespace.spaces.supernet import DynamicNet
 
-        return DynamicNet(RoutingSpace.from_dict(spec.get("space")))
+        return DynamicNet(RoutingSpace.from_dict(spec.get("space")), gate_resolution=spec.get("gate_resolution", "full"))
     if kind == "static":
         from routespace.spaces.architecture import Architecture
         from routespace.spaces.builder import build

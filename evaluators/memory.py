@@ -35,8 +35,10 @@ from ..spaces.layout import (
     feature_size,
     gate_ops,
     gate_outputs,
+    out_ops,
     stem_ops,
 )
+from ..spaces.celltypes import cell_type
 from ..spaces.space import RoutingSpace, check_input_size
 
 FLOAT_BYTES = 4
@@ -77,19 +79,22 @@ def activation_elements(space_or_arch: RoutingSpace | Architecture, size: tuple[
         layer, scale = node
         h, w = feature_size(size, scale)
         here = space.channels(scale) * h * w
-        if layer > 0:
-            fan_in = len(arch.in_edges(node))
-            total += _elements(cell_ops(arch.cell_of(node), space.channels(scale), h, w))
-            total += here * (max(0, fan_in - 1) + 1)  # the input sums and the residual sum
+        passthrough = not dynamic and cell_type(arch.cell_of(node)).runs_nothing
+        fan_in = len(arch.in_edges(node))
+        total += here * max(0, fan_in - 1)  # the input sum
+        if not passthrough:
+            total += _elements(cell_ops(arch.cell_of(node), space.channels(scale), h, w)) + here  # + residual sum
         for edge in arch.out_edges(node):
-            total += _elements(edge_ops(space, edge, size))
-            if dynamic:  # edge tensor x gate
+            total += _elements(edge_ops(space, edge, size, passthrough))
+            if dynamic:  # edge tensor x gate (and the pass-through added onto the keep edge)
                 dh, dw = feature_size(size, edge[2])
-                total += space.channels(edge[2]) * dh * dw
+                total += space.channels(edge[2]) * dh * dw * (2 if edge[1] == edge[2] else 1)
+        if layer == space.layers:
+            total += _elements(out_ops(space, scale, size, passthrough))
         if dynamic:
             total += _elements(gate_ops(space.channels(scale), gate_outputs(space, node), h, w))
             if layer == space.layers:
-                total += here  # the gated output to the decoder
+                total += 2 * here  # the gated output to the decoder, plus the pass-through
     top = max(arch.output_scales()) if not dynamic else space.scales - 1
     total += _elements(decoder_ops(space, [top], size))
     for s in range(top):  # decoder additions at the finer scales

@@ -288,20 +288,26 @@ def logits_of(output: Any) -> torch.Tensor:
     return logits
 
 
-def param_groups(model: nn.Module, lr: float, gate_lr_mult: float) -> list[dict]:
-    """Two groups: parameters whose name contains 'gate' (lr x ``gate_lr_mult``) and the rest."""
-    gate, other = [], []
+def param_groups(model: nn.Module, lr: float, gate_lr_mult: float, weight_decay: float = 0.0) -> list[dict]:
+    """Parameter groups: 'main' and 'gate' (names containing 'gate', lr x ``gate_lr_mult``), each split
+    into decayed weights and undecayed norm parameters and biases (as the released configs: no weight
+    decay on BN, and none on the gate biases that set the initial opening)."""
+    buckets: dict[tuple[str, bool], list] = {}
+    norm_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for p in m.parameters()}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (gate if "gate" in name else other).append(p)
-    groups = [{"params": other, "lr": lr, "name": "main"}]
-    if gate:
-        groups.append({"params": gate, "lr": lr * gate_lr_mult, "name": "gate"})
+            decay = p.ndim > 1 and id(p) not in norm_params
+            buckets.setdefault(("gate" if "gate" in name else "main", decay), []).append(p)
+    groups = []
+    for (kind, decay) in (("main", True), ("main", False), ("gate", True), ("gate", False)):
+        if (kind, decay) in buckets:
+            groups.append({"params": buckets[(kind, decay)], "lr": lr * (gate_lr_mult if kind == "gate" else 1.0),
+                           "weight_decay": weight_decay if decay else 0.0, "name": kind + ("" if decay else "-no-decay")})
     return groups
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, config.lr, config.gate_lr_mult)
+    groups = param_groups(model, config.lr, config.gate_lr_mult, config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
@@ -322,7 +328,8 @@ def default_meta(model: nn.Module) -> dict:
     """``kind`` and ``spec`` for the manifest: 'dynamic' (has forward_skipping: its space), 'static'
     (has an ``arch``: its Architecture), else 'custom'."""
     if hasattr(model, "forward_skipping") and hasattr(model, "space"):
-        return {"kind": "dynamic", "spec": {"space": model.space.to_dict()}}
+        spec = model.spec() if hasattr(model, "spec") else {"space": model.space.to_dict()}
+        return {"kind": "dynamic", "spec": spec}
     if hasattr(model, "arch") and hasattr(model.arch, "to_dict"):
         return {"kind": "static", "spec": {"architecture": model.arch.to_dict()}}
     return {"kind": "custom", "spec": {"class": type(model).__name__}}
@@ -580,6 +587,7 @@ def _step(net, model, optimizer, scheduler, images, labels, device, config, extr
     record = {"loss": float(loss.detach()), "ce": float(ce.detach()), "lr": lr}
     if extra is not None:
         record["extra"] = float(extra.detach())
+        record.update(getattr(extra_loss, "last", None) or {})
     flops = getattr(output, "realised_flops", None)
     if isinstance(flops, torch.Tensor):
         record["realised_gflops"] = float(flops.detach().float().mean()) / 1e9

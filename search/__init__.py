@@ -1,14 +1,14 @@
-"""How to choose: search strategies (Optuna, NNI), encodings, budgets, and Common extraction.
+"""How to choose: search strategies (Optuna, NNI), encodings, budgets; dynamic routing and Common
+extraction in ``routespace.search.dynamic``.
 
-Importing this package does not import optuna or nni; the strategy and engine modules do, when used."""
+Importing this package does not import torch, optuna or nni; the modules that need them do, when used."""
 from .budget import ArchBudget, BudgetChecker, SearchBudget, check_feasible, cheapest_architecture
-from .common import EdgeFrequencies, common_architecture, edge_frequencies
 from .config import SearchConfig
 from .encoding import Encoding, repair_edges
 from .strategy import STRATEGIES, OptunaStrategy, Strategy, make_strategy
 
 __all__ = [
-    "ArchBudget", "BudgetChecker", "EdgeFrequencies", "Encoding", "OptunaStrategy", "STRATEGIES", "SearchBudget",
-    "SearchConfig", "Strategy", "check_feasible", "cheapest_architecture", "common_architecture", "edge_frequencies",
+    "ArchBudget", "BudgetChecker", "Encoding", "OptunaStrategy", "STRATEGIES", "SearchBudget",
+    "SearchConfig", "Strategy", "check_feasible", "cheapest_architecture",
     "make_strategy", "repair_edges",
 ]

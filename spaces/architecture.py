@@ -27,6 +27,10 @@ def _edge_str(edge: Edge) -> str:
 class Architecture:
     """A set of active edges of a space (their nodes are active) plus optional per-node cell types.
 
+    Node (0, 0) is the initial node right after the stem (stride 4); like every node it has a cell.
+    A node whose cell is ``identity`` runs nothing and forwards its summed input: every route of the
+    dynamic net, closed (pass-through) nodes included, is an Architecture.
+
     Valid means: every edge is an edge of the space, every active node is reached from the stem
     (node (0, 0)) and reaches the decoder (the last layer). Edges are (target layer, source scale,
     target scale). ``cells`` maps nodes to a cell type where it differs from the space's default.
@@ -80,7 +84,7 @@ class Architecture:
         ).copy()
         g.add_node((0, 0), **self.space.graph.nodes[(0, 0)])
         for node in g.nodes:
-            g.nodes[node]["cell"] = "stem" if node == (0, 0) else self.cell_of(node)
+            g.nodes[node]["cell"] = self.cell_of(node)
         g.graph["name"] = self.name
         return g
 
@@ -250,8 +254,8 @@ def _validate(arch: Architecture) -> None:
     if (0, 0) not in has_out:
         raise RoutespaceError("no edge leaves the stem (layer 0, scale 0): the architecture is not connected to the input")
     for node, cell in arch.cells:
-        if node not in active or node[0] == 0:
-            raise RoutespaceError(f"cell type given for {_node_str(node)}, which is not an active cell node")
+        if node not in active:
+            raise RoutespaceError(f"cell type given for {_node_str(node)}, which is not an active node")
         if cell not in CELL_TYPES:
             raise RoutespaceError(f"unknown cell type {cell!r} for {_node_str(node)}: choose one of {', '.join(CELL_TYPES)}")
 

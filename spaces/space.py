@@ -5,9 +5,9 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Iterator
 
+from .celltypes import CELL_TYPES
 from .errors import RoutespaceError
 
-CELL_TYPES = ("sepconv", "res2net", "basic")
 EDGE_KINDS = ("down", "keep", "up")
 STRIDES = (4, 8, 16, 32)
 

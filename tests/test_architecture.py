@@ -66,7 +66,7 @@ def test_structure_of_a_path():
     assert arch.in_edges((3, 2)) == [(3, 1, 2)] and arch.out_edges((3, 2)) == [(4, 2, 2)]
     g = arch.graph
     assert g.number_of_nodes() == 9 and g.number_of_edges() == 8
-    assert g.nodes[(0, 0)]["cell"] == "stem" and g.nodes[(3, 2)]["cell"] == "sepconv"
+    assert g.nodes[(0, 0)]["cell"] == "sepconv" and g.nodes[(3, 2)]["cell"] == "sepconv"  # the initial node has a cell too
     assert g.edges[(2, 1), (3, 2)]["kind"] == "down"
 
 
@@ -108,8 +108,27 @@ def test_cell_override_errors():
         Architecture(TINY, arch.edges, cells=(((1, 0), "mbconv"),))
     with pytest.raises(RoutespaceError, match=r"node \(layer 1, scale 1\), which is not an active"):
         Architecture(TINY, arch.edges, cells=(((1, 1), "basic"),))
-    with pytest.raises(RoutespaceError, match="not an active cell node"):
-        Architecture(TINY, arch.edges, cells=(((0, 0), "basic"),))
+    # the initial node (0, 0) has a cell like every node, so it may take another type or identity
+    first = Architecture(TINY, arch.edges, cells=(((0, 0), "identity"),))
+    assert first.cell_of((0, 0)) == "identity" and Architecture.from_json(first.to_json()) == first
+
+
+def test_identity_architecture_builds_runs_round_trips_and_forwards_its_input():
+    """An identity node runs no cell: with every node identity on a path that stays at stride 4, the net
+    is the stem feeding the decoder (keep edges of identity nodes carry x unchanged)."""
+    import torch
+
+    from routespace.spaces.builder import build
+
+    arch = Architecture.from_path(TINY, [0] * 8)
+    ident = Architecture(TINY, arch.edges, cells=tuple((n, "identity") for n in arch.nodes), name="all-identity")
+    assert Architecture.from_json(ident.to_json()) == ident
+    net = build(ident).eval()
+    assert len(net.cells) == 0
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = net.decoder([net.stem(x), None, None, None], [(16, 16), (8, 8), (4, 4), (2, 2)], (64, 64))
+        assert torch.equal(net(x), expected)
 
 
 def _spec(**changes) -> str:

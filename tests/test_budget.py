@@ -1,49 +1,63 @@
-"""The adaptive budget loss: reachable floor, dual weight, and exact resume of its state."""
+"""The budget loss in its two modes: batch mean by hand, paper vs realised FLOPs, the released schedule,
+the adaptive dual weight and the exact resume of its state."""
 import json
 import shutil
 
 import pytest
 import torch
 
-from routespace.evaluators.schedule import BudgetLoss, make_budget_loss
+from routespace.evaluators.schedule import budget_weight
 from routespace.evaluators.train import TrainConfig, fit
-from routespace.spaces.architecture import Architecture
-from routespace.evaluators.cost import architecture_cost
+from routespace.search.dynamic.budget import BudgetLoss, make_budget_loss
+from routespace.spaces.errors import RoutespaceError
 from routespace.spaces.space import RoutingSpace, preset
-from routespace.spaces.supernet import DynamicNet, RoutingOutput, body_flops_all_open, route_floor
+from routespace.spaces.supernet import DynamicNet, RoutingOutput, body_flops_all_open
 
 SMALL = RoutingSpace(layers=3, base_channels=8, num_classes=3, input_size=(32, 32), name="small")
 
 
-def test_route_floor_is_the_cheapest_single_path():
-    """Brute force over every single path of the tiny space (3^L moves, clamped ones skipped)."""
-    space = preset("tiny")
-    size = space.input_size
-    all_body = body_flops_all_open(space, size)
-    best = None
-
-    def walk(prefix):
-        nonlocal best
-        layer = len(prefix) + 1
-        if layer > space.layers:
-            body = architecture_cost(Architecture.from_path(space, prefix), size).body_flops
-            best = body if best is None else min(best, body)
-            return
-        prev = prefix[-1] if prefix else 0
-        for s in (prev - 1, prev, prev + 1):
-            if s in space.scales_at(layer):
-                walk(prefix + [s])
-
-    walk([])
-    assert route_floor(space) == pytest.approx(best / all_body, rel=1e-12)
-
-
-def test_mu_below_floor_targets_floor(capsys):
+def test_every_mu_is_reachable_no_floor(capsys):
+    """With pass-through the cheapest route costs 0 body FLOPs: mu 0.1 is used as given, without a note."""
     loss = make_budget_loss(preset("tiny"), (64, 64), mu=0.1, lam=0.8)
-    assert loss.target == pytest.approx(route_floor(preset("tiny")))
-    assert "below the cheapest route" in capsys.readouterr().err
-    ok = make_budget_loss(preset("tiny"), (64, 64), mu=0.5, lam=0.5)
-    assert ok.target == 0.5 and capsys.readouterr().err == ""
+    assert loss.mu == 0.1 and capsys.readouterr().err == ""
+
+
+def test_batch_mean_loss_by_hand_and_its_gradient_is_equal_per_image():
+    """lam * (mean_i(body_i)/all - mu)^2: images of different cost are not penalised for the spread."""
+    all_open = 100.0
+    body = torch.tensor([10.0, 50.0, 20.0, 40.0], requires_grad=True)  # mean 30 -> ratio 0.3
+    out = RoutingOutput(logits=torch.zeros(4, 1, 1, 1), edge_gates={}, expected_body_flops=body * 0 + 30.0,
+                        expected_flops=body, realised_body_flops=body.detach(), realised_flops=body.detach(),
+                        budget_body_flops=body)
+    loss = BudgetLoss(all_open, mu=0.3, lam=0.8, mode="realised", warmup=0.0, ramp=0.0, adaptive=False)(out, 0, 10)
+    assert float(loss) == pytest.approx(0.0, abs=1e-12)  # on budget in the mean, however spread
+    loss = BudgetLoss(all_open, mu=0.1, lam=0.8, mode="realised", warmup=0.0, ramp=0.0, adaptive=False)(out, 0, 10)
+    assert float(loss) == pytest.approx(0.8 * (0.3 - 0.1) ** 2)
+    loss.backward()
+    expected = 2 * 0.8 * (0.3 - 0.1) / all_open / 4
+    assert torch.allclose(body.grad, torch.full((4,), expected))
+
+
+def test_paper_mode_uses_the_soft_expectation_and_realised_mode_what_runs():
+    expected = torch.full((2,), 20.0, requires_grad=True)
+    runs = torch.full((2,), 60.0, requires_grad=True)
+    out = RoutingOutput(logits=torch.zeros(2, 1, 1, 1), edge_gates={}, expected_body_flops=expected,
+                        expected_flops=expected, realised_body_flops=runs.detach(), realised_flops=runs.detach(),
+                        budget_body_flops=runs)
+    paper = BudgetLoss(100.0, mu=0.2, lam=0.5, mode="paper", warmup=0.0, ramp=0.0)
+    realised = BudgetLoss(100.0, mu=0.2, lam=0.5, mode="realised", warmup=0.0, ramp=0.0, adaptive=False)
+    assert float(paper(out, 0, 10)) == pytest.approx(0.0)
+    assert float(realised(out, 0, 10)) == pytest.approx(0.5 * (0.6 - 0.2) ** 2)
+    assert not paper.adaptive and realised.mode == "realised"
+    for step in range(20):  # paper mode: lambda stays fixed even far above the target
+        paper(out, step, 20)
+    assert paper.lam_now == 0.5
+    with pytest.raises(RoutespaceError, match="unknown budget mode"):
+        BudgetLoss(100.0, mu=0.2, lam=0.5, mode="soft")
+
+
+def test_released_schedule_off_for_40_percent_then_ramped_over_2_percent():
+    assert [budget_weight(s, 1000) for s in (0, 399, 400, 410, 420, 999)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
 
 
 def _fake_output(ratio, all_open=100.0, n=4):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from routespace.cli.main import main
-from routespace.search.common import (
+from routespace.search.dynamic.common import (
     EdgeFrequencies, common_architecture, edge_frequencies, frequencies_from_routes, widest_path,
 )
 from routespace.spaces.architecture import Architecture

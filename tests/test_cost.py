@@ -7,12 +7,13 @@ from foundation_helpers import fvcore_flops, one_thread, param_count, random_arc
 from torch import nn
 
 from routespace.evaluators.cost import (
-    architecture_cost, cell_cost, decoder_cost, edge_cost, gate_cost, gflops, space_cost, stem_cost,
+    architecture_cost, cell_cost, decoder_cost, edge_cost, gate_cost, gflops, out_cost, space_cost, stem_cost,
 )
 from routespace.spaces.architecture import Architecture
 from routespace.spaces.builder import build
 from routespace.spaces.classics import CLASSICS
 from routespace.spaces.errors import RoutespaceError
+from routespace.spaces.celltypes import CELL_TYPES
 from routespace.spaces.space import RoutingSpace, preset
 
 TINY = preset("tiny")
@@ -23,7 +24,7 @@ L2 = RoutingSpace(layers=2, base_channels=8, num_classes=3, input_size=(32, 32))
 # --- known answer ------------------------------------------------------------------------------------------
 def test_known_answer_two_layer_space():
     """Hand count on RoutingSpace(layers=2, base_channels=8, num_classes=3, input_size=(32, 32)), paper
-    convention (MAC = 1 FLOP, BN 2/element, ReLU 1/element, upsampling 0).
+    convention (MAC = 1 FLOP, BN 2/element, ReLU 1/element, upsampling 0), the released operators.
 
     Channels C0=8, C1=16. Feature maps: stride 2 is 16x16 (256 px), scale 0 8x8 (64 px), scale 1 4x4 (16).
     Conv FLOPs = out_pixels * cout * cin/groups * k*k.
@@ -32,70 +33,88 @@ def test_known_answer_two_layer_space():
            dw3x3 8 @16x16: 256*8*9 = 18432; pw 8->8: 256*8*8 = 16384; BN 4096; ReLU 2048;
            dw3x3/2 @8x8: 64*8*9 = 4608; pw 8->8 @8x8: 64*8*8 = 4096; BN 2*8*64 = 1024; ReLU 512.
            total 112640.
-    SepConv cell at scale 0 (C=8, 64 px), twice [ReLU 512, dw 64*8*9 = 4608, pw 64*8*8 = 4096,
-           BN 1024] = 2 * 10240 = 20480.
-    SepConv cell at scale 1 (C=16, 16 px), twice [ReLU 256, dw 16*16*9 = 2304, pw 16*16*16 = 4096,
-           BN 512] = 2 * 7168 = 14336.
-    Down edge 0->1: ReLU 8*64 = 512; conv1x1/2 8->16 @4x4: 16*16*8 = 2048; BN 2*16*16 = 512; = 3072.
-    Up edge 1->0: ReLU 16*16 = 256; conv1x1 16->8 @4x4: 16*8*16 = 2048; BN 2*8*16 = 256; = 2560.
-    Keep edge: 0.
-    Decoder, top scale 1: conv1x1 16->8 @4x4: 16*8*16 = 2048; BN 2*8*16 = 256; ReLU 8*16 = 128;
-           head conv3x3 8->3 @8x8: 64*3*8*9 = 13824; = 16256.   Top scale 0: head only, 13824.
+    SepConv cell at scale 0 (C=8, 64 px): dw 4608, pw 4096, BN 1024, ReLU 512, dw 4608, pw 4096, BN 1024
+           = 19968. The initial node (0, 0) has one too.
+    SepConv cell at scale 1 (C=16, 16 px): dw 16*16*9 = 2304, pw 16*16*16 = 4096, BN 512, ReLU 256,
+           dw 2304, pw 4096, BN 512 = 14080.
+    Keep edge = ReLU of the source: 512 at scale 0, 256 at scale 1; the same for a last-layer node's edge
+           to the decoder.
+    Down edge 0->1: ReLU 8*64 = 512; conv1x1/2 8->16 @4x4: 16*16*8 = 2048; BN 2*16*16 = 512; ReLU 256
+           = 3328.
+    Up edge 1->0: ReLU 16*16 = 256; conv1x1 16->8 @4x4: 16*8*16 = 2048; BN 2*8*16 = 256; ReLU 128 = 2688.
+    Decoder: at scale 1 conv1x1 16->8 @4x4 2048 + BN 256 + ReLU 128 = 2432; at stride 4 conv1x1 8->8
+           @8x8 4096 + BN 1024 + ReLU 512 = 5632; head conv3x3 8->3 @8x8: 64*3*8*9 = 13824.
+           Top scale 1: 21888; top scale 0: 19456.
 
-    Path [0, 1] (keep, down): 112640 + 20480 + 3072 + 14336 + 16256 = 166784.
-    Path [1, 1] (down, keep): 112640 + 3072 + 14336 + 14336 + 16256 = 160640.
-    Path [1, 0] (down, up):   112640 + 3072 + 14336 + 2560 + 20480 + 13824 = 166912.
+    Path [0, 1] (keep, down): 112640 + 19968 + 512 + 19968 + 3328 + 14080 + 256 + 21888 = 192640.
+    Path [1, 1] (down, keep): 112640 + 19968 + 3328 + 14080 + 256 + 14080 + 256 + 21888 = 186496.
+    Path [1, 0] (down, up):   112640 + 19968 + 3328 + 14080 + 2688 + 19968 + 512 + 19456 = 192640.
+    Identity nodes run no cell, and their keep edge and decoder edge carry the input unchanged (0):
+    [0, 1] with (1, 0) identity: 192640 - 19968 = 172672 (its down edge still runs);
+    [1, 1] with (1, 1) and (2, 1) identity: 186496 - 2 * 14080 - 256 - 256 = 157824.
 
     Params (BN 2 per channel, head has a bias): stem 3*8*9 + 16 + 8*9 + 8*8 + 16 + 8*9 + 8*8 + 16 = 536;
     cell C=8: 2*(72 + 64 + 16) = 304; cell C=16: 2*(144 + 256 + 32) = 864; down edge 8*16 + 32 = 160;
-    up edge 16*8 + 16 = 144; decoder top 1: 16*8 + 16 + 8*3*9 + 3 = 363, top 0: 219.
-    [0, 1]: 536 + 304 + 160 + 864 + 363 = 2227.  [1, 1]: 536 + 160 + 864 + 864 + 363 = 2787.
-    [1, 0]: 536 + 160 + 864 + 144 + 304 + 219 = 2227.
+    up edge 16*8 + 16 = 144; decoder top 1: (16*8 + 16) + (8*8 + 16) + 8*3*9 + 3 = 443, top 0: 299.
+    [0, 1]: 536 + 304 + 304 + 160 + 864 + 443 = 2611.  [1, 1]: 536 + 304 + 160 + 864 + 864 + 443 = 3171.
+    [1, 0]: 536 + 304 + 160 + 864 + 144 + 304 + 299 = 2611.
     """
     stem = (256 * 8 * 3 * 9 + 2 * 8 * 256 + 8 * 256
             + 256 * 8 * 9 + 256 * 8 * 8 + 2 * 8 * 256 + 8 * 256
             + 64 * 8 * 9 + 64 * 8 * 8 + 2 * 8 * 64 + 8 * 64)
-    cell0 = 2 * (8 * 64 + 64 * 8 * 9 + 64 * 8 * 8 + 2 * 8 * 64)
-    cell1 = 2 * (16 * 16 + 16 * 16 * 9 + 16 * 16 * 16 + 2 * 16 * 16)
-    down01 = 8 * 64 + 16 * 16 * 8 + 2 * 16 * 16
-    up10 = 16 * 16 + 16 * 8 * 16 + 2 * 8 * 16
+    cell0 = 2 * (64 * 8 * 9 + 64 * 8 * 8 + 2 * 8 * 64) + 8 * 64
+    cell1 = 2 * (16 * 16 * 9 + 16 * 16 * 16 + 2 * 16 * 16) + 16 * 16
+    keep0, keep1 = 8 * 64, 16 * 16
+    down01 = 8 * 64 + 16 * 16 * 8 + 2 * 16 * 16 + 16 * 16
+    up10 = 16 * 16 + 16 * 8 * 16 + 2 * 8 * 16 + 8 * 16
     head = 64 * 3 * 8 * 9
-    dec_top1 = 16 * 8 * 16 + 2 * 8 * 16 + 8 * 16 + head
-    assert (stem, cell0, cell1, down01, up10, dec_top1) == (112640, 20480, 14336, 3072, 2560, 16256)
+    lat0 = 64 * 8 * 8 + 2 * 8 * 64 + 8 * 64
+    dec_top1 = 16 * 8 * 16 + 2 * 8 * 16 + 8 * 16 + lat0 + head
+    dec_top0 = lat0 + head
+    assert (stem, cell0, cell1, down01, up10, dec_top1, dec_top0) == (112640, 19968, 14080, 3328, 2688, 21888, 19456)
 
     p_stem = 3 * 8 * 9 + 16 + 8 * 9 + 8 * 8 + 16 + 8 * 9 + 8 * 8 + 16
     p_cell0, p_cell1 = 2 * (8 * 9 + 8 * 8 + 16), 2 * (16 * 9 + 16 * 16 + 32)
     p_down, p_up = 8 * 16 + 32, 16 * 8 + 16
-    p_head = 8 * 3 * 9 + 3
-    p_dec1 = 16 * 8 + 16 + p_head
+    p_dec0 = 8 * 8 + 16 + 8 * 3 * 9 + 3
+    p_dec1 = 16 * 8 + 16 + p_dec0
 
     cases = {
-        (0, 1): (stem + cell0 + down01 + cell1 + dec_top1, p_stem + p_cell0 + p_down + p_cell1 + p_dec1),
-        (1, 1): (stem + down01 + cell1 + cell1 + dec_top1, p_stem + p_down + p_cell1 + p_cell1 + p_dec1),
-        (1, 0): (stem + down01 + cell1 + up10 + cell0 + head, p_stem + p_down + p_cell1 + p_up + p_cell0 + p_head),
+        ((0, 1), ()): (stem + cell0 + keep0 + cell0 + down01 + cell1 + keep1 + dec_top1,
+                       p_stem + p_cell0 + p_cell0 + p_down + p_cell1 + p_dec1),
+        ((1, 1), ()): (stem + cell0 + down01 + cell1 + keep1 + cell1 + keep1 + dec_top1,
+                       p_stem + p_cell0 + p_down + p_cell1 + p_cell1 + p_dec1),
+        ((1, 0), ()): (stem + cell0 + down01 + cell1 + up10 + cell0 + keep0 + dec_top0,
+                       p_stem + p_cell0 + p_down + p_cell1 + p_up + p_cell0 + p_dec0),
+        ((0, 1), ((1, 0),)): (stem + cell0 + keep0 + down01 + cell1 + keep1 + dec_top1,
+                              p_stem + p_cell0 + p_down + p_cell1 + p_dec1),
+        ((1, 1), ((1, 1), (2, 1))): (stem + cell0 + down01 + dec_top1, p_stem + p_cell0 + p_down + p_dec1),
     }
-    assert {k: v[0] for k, v in cases.items()} == {(0, 1): 166784, (1, 1): 160640, (1, 0): 166912}
-    for path, (flops, params) in cases.items():
-        report = architecture_cost(Architecture.from_path(L2, list(path)))
+    assert [v[0] for v in cases.values()] == [192640, 186496, 192640, 172672, 157824]
+    assert [v[1] for v in cases.values()] == [2611, 3171, 2611, 2307, 1443]
+    for (path, identity), (flops, params) in cases.items():
+        arch = Architecture.from_path(L2, list(path))
+        arch = Architecture(L2, arch.edges, tuple((n, "identity") for n in identity))
+        report = architecture_cost(arch)
         assert report.size == (32, 32)
-        assert report.flops == flops, path
-        assert report.params == params, path
+        assert report.flops == flops, (path, identity)
+        assert report.params == params, (path, identity)
         assert report.stem_flops == stem
         # the built module has exactly these parameters
-        assert param_count(build(Architecture.from_path(L2, list(path)))) == params
+        assert param_count(build(arch)) == params
 
 
 def test_known_answer_fvcore_convention():
     """fvcore convention on the same [0, 1] path: ReLUs count 0, bilinear upsampling 4 per output
     element: decoder x2 to 8x8 on 8 channels 4*8*64 = 2048, final x4 to 32x32 on 3 classes 4*3*1024 = 12288.
-    ReLUs removed: stem 2048+2048+512, cell0 2*512, down edge 512, cell1 2*256, decoder 128 = 6784.
-    166784 - 6784 + 2048 + 12288 = 174336."""
-    paper = 166784
-    relus = (2048 + 2048 + 512) + 2 * 512 + 512 + 2 * 256 + 128
+    ReLUs removed: stem 2048+2048+512, two cells at scale 0 2*512, keep 512, down edge 512+256, cell at
+    scale 1 256, decoder edge 256, decoder 128+512 = 8064. 192640 - 8064 + 2048 + 12288 = 198912."""
+    paper = 192640
+    relus = (2048 + 2048 + 512) + 2 * 512 + 512 + (512 + 256) + 256 + 256 + (128 + 512)
     upsample = 4 * 8 * 64 + 4 * 3 * 1024
     arch = Architecture.from_path(L2, [0, 1])
     expected = paper - relus + upsample
-    assert architecture_cost(arch, convention="fvcore").flops == expected == 174336
+    assert architecture_cost(arch, convention="fvcore").flops == expected == 198912
     assert fvcore_flops(build(arch), (32, 32)) == expected
 
 
@@ -134,7 +153,7 @@ def test_other_cell_types_match_fvcore(cell):
 
 
 def test_per_node_cell_overrides_match_fvcore():
-    archs = random_archs(TINY, 3, seed=31, cell_choices=("sepconv", "res2net", "basic"))
+    archs = random_archs(TINY, 3, seed=31, cell_choices=("sepconv", "res2net", "basic", "identity"))
     assert all(a.cells for a in archs)
     for arch in archs:
         for size in SIZES:
@@ -170,7 +189,7 @@ def test_paper_convention_matches_forward_hooks(name):
 
 
 def test_paper_convention_hooks_on_mixed_cells():
-    for arch in random_archs(TINY, 3, seed=77, cell_choices=("res2net", "basic", "sepconv")):
+    for arch in random_archs(TINY, 4, seed=77, cell_choices=CELL_TYPES):
         assert architecture_cost(arch, (96, 160)).flops == _hooked_paper_flops(build(arch), (96, 160))
 
 
@@ -179,7 +198,7 @@ def test_report_breakdown_adds_up():
     arch = CLASSICS["hrnetv2"](TINY)
     report = architecture_cost(arch, (64, 64), gates=True)
     assert report.flops == report.stem_flops + report.decoder_flops + report.body_flops + report.gate_flops
-    assert report.body_flops == sum(n.cell_flops + sum(n.edge_flops.values()) for n in report.nodes)
+    assert report.body_flops == sum(n.cell_flops + sum(n.edge_flops.values()) + n.out_flops for n in report.nodes)
     assert [n.node for n in report.nodes] == list(arch.nodes)
     assert {e for n in report.nodes for e in n.edge_flops} == set(arch.edges)
     d = report.to_dict()
@@ -203,6 +222,35 @@ def test_gates_add_exactly_the_gate_heads():
     # pooling not counted, conv1x1 16->3 at 1x1
     assert gate_cost(TINY, (4, 1), size, "paper") == (64 * 16 * 32 + 2 * 16 * 64 + 16 * 64 + 16 * 3,
                                                       32 * 16 + 2 * 16 + 16 * 3 + 3)
+    # the small gate reads x bilinearly scaled to 2x2: 4 px instead of 64
+    assert gate_cost(TINY, (4, 1), size, "paper", "quarter") == (4 * 16 * 32 + 2 * 16 * 4 + 16 * 4 + 16 * 3,
+                                                                 32 * 16 + 2 * 16 + 16 * 3 + 3)
+    # on the paper preset at 1024x2048 the small gate is ~1/16 of the full one
+    paper = preset("paper")
+    full, small = space_cost(paper, gates=True).gate_flops, space_cost(paper, gates=True, gate_resolution="quarter").gate_flops
+    assert 15 < full / small < 16.5
+
+
+@pytest.mark.parametrize("resolution", ["full", "quarter"])
+@pytest.mark.parametrize("node", [(0, 0), (3, 2), (8, 3)])
+def test_gate_head_cost_matches_fvcore(node, resolution):
+    """The gate head's analytic cost (fvcore convention) equals fvcore's count of the SoftGate module."""
+    from fvcore.nn import FlopCountAnalysis
+
+    from routespace.spaces.layout import feature_size, gate_outputs
+    from routespace.spaces.supernet import SoftGate
+
+    size = (96, 160)
+    h, w = feature_size(size, node[1])
+    gate = SoftGate(TINY.channels(node[1]), gate_outputs(TINY, node), resolution).eval()
+    with one_thread(), torch.no_grad():
+        fa = FlopCountAnalysis(gate, torch.zeros(1, TINY.channels(node[1]), h, w))
+        fa.unsupported_ops_warnings(False)
+        fa.uncalled_modules_warnings(False)
+        counted = int(fa.total())
+    flops, params = gate_cost(TINY, node, size, "fvcore", resolution)
+    assert flops == counted
+    assert params == param_count(gate)
 
 
 def test_cost_scales_with_area():
@@ -216,8 +264,9 @@ def test_part_costs_sum_to_total():
     arch = CLASSICS["unet"](TINY)
     size, conv = (96, 160), "fvcore"
     total = stem_cost(TINY, size, conv)[0] + decoder_cost(TINY, max(arch.output_scales()), size, conv)[0]
-    total += sum(cell_cost(TINY, n, arch.cell_of(n), size, conv)[0] for n in arch.nodes if n[0] > 0)
+    total += sum(cell_cost(TINY, n, arch.cell_of(n), size, conv)[0] for n in arch.nodes)
     total += sum(edge_cost(TINY, e, size, conv)[0] for e in arch.edges)
+    total += sum(out_cost(TINY, s, size, conv)[0] for s in arch.output_scales())
     assert architecture_cost(arch, size, conv).flops == total
 
 

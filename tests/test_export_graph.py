@@ -77,7 +77,7 @@ def test_graphml_loads_back_with_networkx(tmp_path):
         for (l, s, d) in arch.edges:
             want = "keep" if s == d else ("down" if d == s + 1 else "up")
             assert kinds[(f"{l - 1},{s}", f"{l},{d}")] == want
-        assert g.nodes["0,0"]["cell"] == "stem"
+        assert g.nodes["0,0"]["cell"] == arch.cell_of((0, 0))
         assert read_graphml(str(path)) == arch
 
 

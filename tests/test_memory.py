@@ -133,11 +133,15 @@ def test_parameter_count_and_activation_elements_match_the_modules():
     tiny = RoutingSpace(layers=1, base_channels=4, num_classes=2, input_size=(64, 64))
     one = Architecture.from_path(tiny, [0])
     stem = 3 * 4 * 32 * 32 + 4 * 4 * 32 * 32 + 4 * 4 * 16 * 16  # conv/BN/ReLU at stride 2 (x3, x4 with dw+pw) and stride 4
-    cell = 8 * 4 * 16 * 16  # two [ReLU, dw, pw, BN]
-    sums = 4 * 16 * 16  # residual (one input: no input sum)
-    decoder = 2 * 16 * 16 + 2 * 64 * 64  # head conv and x4 upsampling
+    cells = 2 * 7 * 4 * 16 * 16  # nodes (0, 0) and (1, 0): dw, pw, BN, ReLU, dw, pw, BN
+    sums = 2 * 4 * 16 * 16  # their residual sums (one input each: no input sum)
+    edges = 2 * 4 * 16 * 16  # the keep edge's ReLU and the decoder edge's ReLU
+    decoder = 3 * 4 * 16 * 16 + 2 * 16 * 16 + 2 * 64 * 64  # conv1x1+BN+ReLU at stride 4, head conv, x4 upsampling
     loss = 2 * 64 * 64
-    assert activation_elements(one, (64, 64), dynamic=False) == stem + cell + sums + decoder + loss
+    assert activation_elements(one, (64, 64), dynamic=False) == stem + cells + sums + edges + decoder + loss
+    # an identity node runs no cell and its edges carry the input unchanged
+    ident = Architecture(tiny, one.edges, (((1, 0), "identity"),))
+    assert activation_elements(ident, (64, 64), dynamic=False) == stem + cells // 2 + sums // 2 + edges // 2 + decoder + loss
 
 
 def test_paper_preset_full_size_batch_8_is_refused_with_the_estimate():

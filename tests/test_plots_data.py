@@ -35,7 +35,7 @@ def test_hrnet_grid_counts_per_layer():
     arch = classic("hrnetv2", preset("paper"))
     data = grid_data(arch)
     assert data.layers == 16 and not data.dynamic
-    assert len(data.active_nodes(0)) == 1 and data.active_nodes(0)[0].cell == "stem"
+    assert len(data.active_nodes(0)) == 1 and data.active_nodes(0)[0].cell == "sepconv"  # the initial node's cell
     for layer in range(1, 17):
         assert len(data.active_nodes(layer)) == HRNET_BRANCHES_L16[layer - 1], layer
         want = _hrnet_expected_edges(layer)
@@ -71,10 +71,11 @@ def test_cells_are_marked_per_node():
     arch = Architecture(space, arch.edges, cells={(2, 1): "basic", (5, 2): "res2net"})
     data = grid_data(arch)
     cells = {n.node: n.cell for n in data.nodes if n.active}
-    assert cells[(0, 0)] == "stem" and cells[(2, 1)] == "basic" and cells[(5, 2)] == "res2net"
+    assert cells[(0, 0)] == "sepconv" and cells[(2, 1)] == "basic" and cells[(5, 2)] == "res2net"
     assert cells[(1, 0)] == "sepconv"
-    assert data.cells_used == ("stem", "sepconv", "res2net", "basic")
-    assert len({CELL_MARKERS[c][0] for c in data.cells_used}) == 4
+    assert data.cells_used == ("sepconv", "res2net", "basic")
+    assert len({CELL_MARKERS[c][0] for c in data.cells_used}) == 3
+    assert len({m for m, _ in CELL_MARKERS.values()}) == len(CELL_MARKERS)  # every registered cell looks different
 
 
 def test_frequencies_drive_width_and_alpha():

@@ -11,7 +11,8 @@ import torch
 
 from routespace.evaluators import runfolder
 from routespace.evaluators.checkpoint import load_checkpoint
-from routespace.evaluators.schedule import budget_weight, drop_path_rate, lr_factor, mu_for_gflops
+from routespace.evaluators.schedule import budget_weight, drop_path_rate, lr_factor
+from routespace.search.dynamic.budget import mu_for_gflops
 from routespace.evaluators.train import SeededOrder, TrainConfig, fit, param_groups, preset_config
 from routespace.evaluators.cost import space_cost
 from routespace.spaces.errors import RoutespaceError
@@ -33,8 +34,9 @@ def test_lr_factor_known_values():
 def test_budget_weight_off_then_ramped():
     assert [budget_weight(k, 100) for k in (0, 39)] == [0.0, 0.0]
     assert budget_weight(40, 100) == 0.0
-    assert budget_weight(50, 100) == pytest.approx(0.5)
-    assert budget_weight(60, 100) == 1.0 and budget_weight(99, 100) == 1.0
+    assert budget_weight(41, 100) == pytest.approx(0.5)  # default ramp: 2 % of training
+    assert budget_weight(42, 100) == 1.0 and budget_weight(99, 100) == 1.0
+    assert budget_weight(50, 100, ramp=0.2) == pytest.approx(0.5)
     assert budget_weight(10, 100, warmup=0.0, ramp=0.0) == 1.0
     assert drop_path_rate(50, 100, 0.2) == pytest.approx(0.1)
 
@@ -84,13 +86,19 @@ def test_preset_config_and_gate_param_group():
         def __init__(self):
             super().__init__()
             self.body = torch.nn.Linear(2, 2)
+            self.norm = torch.nn.BatchNorm2d(2)
             self.gates = torch.nn.Linear(2, 1)
 
     m = Gated()
-    groups = param_groups(m, 0.1, 0.25)
-    assert [g["lr"] for g in groups] == [0.1, 0.025]
-    assert [id(p) for p in groups[1]["params"]] == [id(m.gates.weight), id(m.gates.bias)]
-    assert [id(p) for p in groups[0]["params"]] == [id(m.body.weight), id(m.body.bias)]
+    groups = param_groups(m, 0.1, 0.25, weight_decay=1e-4)
+    by_name = {g["name"]: g for g in groups}
+    assert {n: (g["lr"], g["weight_decay"]) for n, g in by_name.items()} == {
+        "main": (0.1, 1e-4), "main-no-decay": (0.1, 0.0), "gate": (0.025, 1e-4), "gate-no-decay": (0.025, 0.0)}
+    ids = lambda name: [id(p) for p in by_name[name]["params"]]  # noqa: E731
+    assert ids("main") == [id(m.body.weight)]
+    # biases and norm parameters take no weight decay (the released configs: none on BN and the gate biases)
+    assert ids("main-no-decay") == [id(m.body.bias), id(m.norm.weight), id(m.norm.bias)]
+    assert ids("gate") == [id(m.gates.weight)] and ids("gate-no-decay") == [id(m.gates.bias)]
 
 
 def test_fit_trains_writes_run_folder_and_loss_falls(tmp_path):

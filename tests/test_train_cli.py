@@ -114,14 +114,17 @@ def test_evaluate_static_run(capsys, static_run):
 
 def test_dynamic_run_train_resume_and_evaluate(capsys, tmp_path):
     run = tmp_path / "dyn"
-    full = space_cost(preset("tiny"), (32, 32), gates=True)
+    full = space_cost(preset("tiny"), (32, 32), gates=True, gate_resolution="quarter")  # setting C: small gate
     target = (full.flops - full.body_flops + 0.5 * full.body_flops) / 1e9  # mu 0.5 as total GFLOPs
-    args = ["train", "--out", str(run), "--steps", "2", "--batch-size", "2", "--size", "32x32", "--budget-gflops", repr(target)]
+    args = ["train", "--out", str(run), "--steps", "2", "--batch-size", "2", "--size", "32x32", "--budget-gflops", repr(target),
+            "--setting", "C"]
     assert main(args) == 0
     manifest = json.loads((run / "manifest.json").read_text())
     budget = manifest["extra"]["cli"]["budget"]
     assert manifest["kind"] == "dynamic" and budget["mu"] == pytest.approx(0.5) and budget["gflops"] == target
-    assert budget["lambda"] == 0.5 and budget["warmup"] == 0.4
+    assert budget["lambda"] == 0.5 and budget["warmup"] == 0.4 and budget["ramp"] == 0.02
+    assert budget["mode"] == "realised" and budget["adaptive"] is True and budget["setting"] == "C"
+    assert manifest["spec"]["gate_resolution"] == "quarter"
     # resume from step 1 with only --out/--resume: the settings come from the run folder
     final = run / "checkpoints" / "final.pt"
     uninterrupted = torch.load(final, weights_only=True)["model"]
@@ -136,7 +139,8 @@ def test_dynamic_run_train_resume_and_evaluate(capsys, tmp_path):
                 "gflops_all_open", "latency_ms", "latency_ms_all_open", "gflops_std", "gate_entropy_mean"]
     assert all(isinstance(r[k], float) for k in required), {k: r.get(k) for k in required}
     space = preset("tiny")
-    assert r["gflops_all_open"] == pytest.approx(space_cost(space, (32, 32), gates=True).gflops)
+    assert r["gflops_all_open"] == pytest.approx(full.gflops)
+    assert r["route_scale_spearman"] is None or -1 <= r["route_scale_spearman"] <= 1
     assert r["body_gflops_all_open"] == pytest.approx(body_flops_all_open(space, (32, 32)) / 1e9)
     assert r["gflops_min"] <= r["gflops_mean"] <= r["gflops_max"] <= r["gflops_all_open"] * (1 + 1e-9)
     assert len(r["per_image_gflops"]) == r["images"] == 200

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ...spaces.architecture import Architecture
+from ...spaces.celltypes import CELLS
 from ...spaces.errors import RoutespaceError
 from ...spaces.space import STRIDES, RoutingSpace, edge_kind
 
@@ -35,12 +36,8 @@ EDGE_STYLES: dict[str, EdgeStyle] = {
     "out": EdgeStyle("#777777", ":", "to decoder"),
 }
 INACTIVE_EDGE = EdgeStyle("#BBBBBB", "-", "space edge (closed)")
-CELL_MARKERS: dict[str, tuple[str, str]] = {  # cell -> (marker, face colour)
-    "stem": ("^", "#222222"),
-    "sepconv": ("o", "#9AD0A4"),
-    "res2net": ("s", "#C9A3E0"),
-    "basic": ("D", "#F2D16B"),
-}
+# cell -> (marker, face colour), read from the cell registry
+CELL_MARKERS: dict[str, tuple[str, str]] = {name: (c.marker, c.color) for name, c in CELLS.items()}
 STATIC_WIDTH = 2.2
 MIN_WIDTH, MAX_WIDTH = 0.5, 4.5
 MIN_ALPHA = 0.15
@@ -250,7 +247,7 @@ def grid_data(
         if not active and not show_space:
             continue
         if active:
-            cell = "stem" if node == (0, 0) else (arch.cell_of(node) if arch is not None else space.cell)
+            cell = arch.cell_of(node) if arch is not None else space.cell
         else:
             cell = None
         nodes.append(NodeMark(node, float(node[0]), float(node[1]), active, cell))

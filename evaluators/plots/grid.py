@@ -63,7 +63,7 @@ def draw_grid(ax, data: GridData, legend: bool = True, compact: bool = False):
         ]
         handles += [
             Line2D([], [], marker=CELL_MARKERS[c][0], color="none", markerfacecolor=CELL_MARKERS[c][1],
-                   markeredgecolor="#222222", markersize=8, label=c + (" cell" if c != "stem" else ""))
+                   markeredgecolor="#222222", markersize=8, label=c + " cell")
             for c in data.cells_used
         ]
         if any(not e.active for e in data.edges):

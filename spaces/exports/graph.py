@@ -49,7 +49,7 @@ def architecture_to_graph(arch: Architecture):
             scale=scale,
             stride=STRIDES[scale],
             channels=space.channels(scale),
-            cell="stem" if layer == 0 else arch.cell_of((layer, scale)),
+            cell=arch.cell_of((layer, scale)),
         )
     for layer, src, dst in arch.sorted_edges:
         g.add_edge(node_id((layer - 1, src)), node_id((layer, dst)), kind=edge_kind(src, dst))

@@ -6,11 +6,17 @@ The rule (DESIGN §6):
    (default ``GATE_EPS`` = 1e-4: the edge really executed in the skipping executor; gates of a node
    without input are 0, so an edge is only open where its source node ran). Its *frequency* is the
    fraction of images on which it is open. Last-layer nodes have a decoder edge with its own frequency.
-2. Common keeps the edges whose frequency is at least ``tau`` (default 0.5: open on most images); an
-   edge into a last-layer node is kept only if that node's decoder edge also has frequency >= tau.
+   A closed node that received input passed it on along its keep edge: ``('pass', l, s)`` records how
+   often, ``('cell', l, s)`` how often the node's cell ran.
+2. An edge is *used* on an image when it is open or, for a keep edge (and a decoder edge), when its
+   source passed its input through it. Common keeps the edges used on at least a fraction ``tau`` of
+   images (default 0.5: most images); an edge into a last-layer node is kept only if that node's decoder
+   edge is used that often too.
 3. Repair: only edges on some stem -> last-layer path survive (dangling edges are dropped). If nothing
-   survives, the *widest path* is used instead: the stem-to-decoder single path whose least frequent
-   edge is most frequent (ties: higher summed frequency, then finer scales), so a Common net always exists.
+   survives, the *widest path* is used instead: the stem-to-decoder single path whose least used edge is
+   most used (ties: higher summed use, then finer scales), so a Common net always exists.
+4. A node of the Common net whose cell was closed on more of the images than it ran on becomes an
+   ``identity`` node (it forwards its input, as the dynamic net's pass-through did).
 """
 from __future__ import annotations
 
@@ -20,14 +26,15 @@ from typing import Iterable, Mapping
 
 import torch
 
-from ..spaces.architecture import Architecture
-from ..spaces.errors import RoutespaceError
-from ..spaces.paths import best_path, prune_edges
-from ..spaces.space import Edge, Node, RoutingSpace
-from ..spaces.supernet import GATE_EPS, DynamicNet
+from ...spaces.architecture import Architecture
+from ...spaces.errors import RoutespaceError
+from ...spaces.paths import best_path, prune_edges
+from ...spaces.space import Edge, Node, RoutingSpace
+from ...spaces.supernet import GATE_EPS, DynamicNet
 
 DEFAULT_TAU = 0.5
 DEFAULT_THRESHOLD = GATE_EPS
+NODE_RECORDS = ("out", "pass", "cell")  # key kinds besides space edges
 
 
 def _key_str(key: tuple) -> str:
@@ -36,8 +43,8 @@ def _key_str(key: tuple) -> str:
 
 def _key_parse(text: str) -> tuple:
     parts = text.split("_")
-    if parts[0] == "out":
-        return ("out", int(parts[1]), int(parts[2]))
+    if parts[0] in NODE_RECORDS:
+        return (parts[0], int(parts[1]), int(parts[2]))
     return tuple(int(p) for p in parts)
 
 
@@ -51,7 +58,23 @@ class EdgeFrequencies:
     threshold: float = DEFAULT_THRESHOLD
 
     def edge_freq(self) -> dict[Edge, float]:
-        return {k: v for k, v in self.freq.items() if k[0] != "out"}
+        return {k: v for k, v in self.freq.items() if k[0] not in NODE_RECORDS}
+
+    def used(self, key: tuple) -> float:
+        """How often an edge (or ('out', l, s)) carried something: open, or the pass-through of its source
+        along a keep edge / to the decoder."""
+        f = self.freq.get(key, 0.0)
+        if key[0] == "out":
+            return f + self.freq.get(("pass", key[1], key[2]), 0.0)
+        if key[1] == key[2]:
+            return f + self.freq.get(("pass", key[0] - 1, key[1]), 0.0)
+        return f
+
+    def usage(self) -> dict[tuple, float]:
+        """:meth:`used` of every space edge and decoder edge."""
+        space = self.space
+        keys = list(space.edges()) + [("out", space.layers, s) for s in space.scales_at(space.layers)]
+        return {k: self.used(k) for k in keys}
 
     def to_dict(self) -> dict:
         return {
@@ -82,7 +105,8 @@ def edge_frequencies(
     batch_size: int = 16,
     max_images: int | None = None,
 ) -> EdgeFrequencies:
-    """Run the dynamic net (eval mode) over ``dataset`` and count how often each gate is open."""
+    """Run the dynamic net (eval mode, the skipping executor) over ``dataset`` and count how often each
+    gate is open, each node passed its input on, and each cell ran."""
     if not isinstance(model, DynamicNet):
         raise RoutespaceError("edge frequencies need a dynamic net (a DynamicNet), not a static one")
     was_training = model.training
@@ -93,9 +117,12 @@ def edge_frequencies(
     try:
         for start in range(0, n, batch_size):
             images = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch_size))])
-            out = model(images)
+            out = model.forward_skipping(images)
             for key, g in out.edge_gates.items():
                 counts[key] = counts.get(key, 0.0) + float((g > threshold).sum())
+            for node in out.alive:
+                counts[("pass", *node)] = counts.get(("pass", *node), 0.0) + float(out.passed(node).sum())
+                counts[("cell", *node)] = counts.get(("cell", *node), 0.0) + float(out.cell_ran[node].sum())
             seen += images.shape[0]
     finally:
         model.train(was_training)
@@ -119,22 +146,27 @@ def widest_path(space: RoutingSpace, freq: Mapping[tuple, float]) -> list[Edge]:
 def common_architecture(
     freqs: EdgeFrequencies, tau: float = DEFAULT_TAU, name: str = "common"
 ) -> Architecture:
-    """The Common Architecture of the edges open on at least a fraction ``tau`` of images, repaired."""
+    """The Common Architecture of the edges used on at least a fraction ``tau`` of images, repaired, with
+    ``identity`` cells where the dynamic net mostly passed through."""
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau <= 1:
         raise RoutespaceError(f"tau must be in (0, 1], got {tau!r}: it is the fraction of images an edge must be open on")
     space = freqs.space
     last = space.layers
+    usage = freqs.usage()
     kept = []
-    for e, f in freqs.edge_freq().items():
-        if f < tau:
+    for e in space.edges():
+        if usage[e] < tau:
             continue
-        if e[0] == last and freqs.freq.get(("out", last, e[2]), 1.0) < tau:
+        if e[0] == last and usage[("out", last, e[2])] < tau:
             continue
         kept.append(e)
     edges = prune_edges(space, kept)
     if not edges:
-        edges = frozenset(widest_path(space, freqs.freq))
-    return Architecture(space, frozenset(edges), name=name)
+        edges = frozenset(widest_path(space, usage))
+    nodes = {(0, 0)} | {(l, d) for (l, _, d) in edges}
+    cells = {n: "identity" for n in nodes
+             if ("pass", *n) in freqs.freq and freqs.freq[("pass", *n)] > freqs.freq.get(("cell", *n), 0.0)}
+    return Architecture(space, frozenset(edges), tuple(cells.items()), name=name)
 
 
 def frequencies_from_routes(space: RoutingSpace, routes: Iterable[set[tuple]], threshold: float = DEFAULT_THRESHOLD) -> EdgeFrequencies:

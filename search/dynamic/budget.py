@@ -1,0 +1,137 @@
+"""The budget loss of a dynamic net, in two modes (DESIGN §5), and the mu <-> GFLOPs conversions.
+
+``paper``: the released loss exactly: ``lambda * (mean over the batch of E[body] / body_all_open - mu)^2``
+on the soft expected body FLOPs, fixed lambda, off for the first 40 % of training, ramped to full weight
+over the next 2 %. It controls only the expectation: the released Dynamic-A (mu 0.1) realises ~0.39 of
+the body on Cityscapes.
+
+``realised`` (routespace's default): the same form on a straight-through count of what really runs
+(value: FLOPs executed, a gate at 0.01 runs its whole edge; gradient: the soft gates'), with an adaptive
+lambda, so that mu holds on the FLOPs that run.
+
+Both square the deviation of the *batch mean*, so images may differ in cost: that spread is what dynamic
+routing is for (a per-image penalty suppresses it).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ...evaluators.schedule import budget_weight
+from ...spaces.errors import RoutespaceError
+from .settings import DEFAULT_RAMP, DEFAULT_WARMUP, check_budget_mode
+
+
+def check_mu(mu: float) -> float:
+    """``mu`` is the body-FLOPs target as a fraction of the all-open body: in (0, 1]."""
+    if isinstance(mu, bool) or not (isinstance(mu, (int, float)) and 0 < mu <= 1):
+        raise RoutespaceError(f"budget mu must be in (0, 1] (a fraction of the all-open body FLOPs), got {mu}")
+    return float(mu)
+
+
+def batch_budget_loss(body_flops, all_open_body: float, mu: float, lam: float):
+    """``lam * (mean(body_flops) / all_open_body - mu)^2`` (body_flops: (N,) per image)."""
+    return lam * (body_flops.mean() / all_open_body - mu) ** 2
+
+
+class BudgetLoss:
+    """``extra_loss`` for :func:`routespace.evaluators.train.fit`: the budget loss of ``mode`` times
+    :func:`budget_weight` of the step.
+
+    ``adaptive`` (default in ``realised`` mode, off in ``paper`` mode) makes ``lam`` a dual variable: once
+    the loss is on, every step multiplies it by ``exp(rate * (r - mu) / mu)``, ``r`` the batch's mean
+    realised body ratio (averaged over processes), kept in ``[lam_init, lam_max]``; its state is saved in
+    checkpoints, so a resumed run continues exactly. ``last`` holds the terms of the latest step for logs.
+    """
+
+    def __init__(
+        self,
+        all_open_body: float,
+        mu: float,
+        lam: float,
+        mode: str = "realised",
+        warmup: float = DEFAULT_WARMUP,
+        ramp: float = DEFAULT_RAMP,
+        adaptive: bool | None = None,
+        rate: float = 0.02,
+        lam_max: float = 1000.0,
+    ) -> None:
+        check_mu(mu)
+        check_budget_mode(mode)
+        if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and lam >= 0):
+            raise RoutespaceError(f"budget lambda must be >= 0, got {lam}")
+        if not (0 <= warmup <= 1 and 0 <= ramp <= 1):
+            raise RoutespaceError(f"budget warm-up and ramp are fractions of training in [0, 1], got {warmup} and {ramp}")
+        self.all_open_body, self.mu, self.lam, self.mode = float(all_open_body), float(mu), float(lam), mode
+        self.warmup, self.ramp = float(warmup), float(ramp)
+        self.adaptive = (mode == "realised") if adaptive is None else bool(adaptive)
+        self.rate, self.lam_max = float(rate), float(lam_max)
+        self.lam_now = float(lam)
+        self.last: dict[str, float] = {}
+
+    def __call__(self, output: Any, step: int, total: int):
+        weight = budget_weight(step, total, self.warmup, self.ramp)
+        ratio = float(output.realised_body_flops.detach().mean()) / self.all_open_body
+        if self.adaptive and weight > 0 and self.lam > 0:
+            mean_ratio = _mean_over_processes(ratio)
+            self.lam_now = min(self.lam_max, max(self.lam, self.lam_now * math.exp(self.rate * (mean_ratio - self.mu) / self.mu)))
+        body = output.budget_body_flops if self.mode == "realised" else output.expected_body_flops
+        loss = batch_budget_loss(body, self.all_open_body, self.mu, self.lam_now * weight)
+        self.last = {"budget_weight": weight, "lambda": self.lam_now, "body_ratio": ratio,
+                     "expected_body_ratio": float(output.expected_body_flops.detach().mean()) / self.all_open_body,
+                     "budget_loss": float(loss.detach())}
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"lam_now": self.lam_now}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lam_now = float(state["lam_now"])
+
+
+def make_budget_loss(space, size: tuple[int, int], mu: float, lam: float, mode: str = "realised",
+                     warmup: float = DEFAULT_WARMUP, ramp: float = DEFAULT_RAMP, adaptive: bool | None = None) -> BudgetLoss:
+    """The budget loss of a dynamic net over ``space`` at training crop ``size``. Every mu in (0, 1] is
+    reachable: a closed node passes its input on, so the cheapest route costs 0 body FLOPs."""
+    from ...spaces.supernet import body_flops_all_open
+
+    return BudgetLoss(body_flops_all_open(space, size), mu, lam, mode, warmup, ramp, adaptive)
+
+
+def _mean_over_processes(value: float) -> float:
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t) / dist.get_world_size()
+    return value
+
+
+def fixed_and_body_gflops(space, size: tuple[int, int], gate_resolution: str = "full") -> tuple[float, float]:
+    """(GFLOPs routing cannot switch off: stem, decoder and every gate head, at their all-open cost;
+    GFLOPs of the all-open body) at ``size``, paper convention."""
+    from ...evaluators.cost import space_cost
+
+    report = space_cost(space, size, "paper", gates=True, gate_resolution=gate_resolution)
+    return (report.flops - report.body_flops) / 1e9, report.body_flops / 1e9
+
+
+def mu_for_gflops(space, size: tuple[int, int], gflops: float, gate_resolution: str = "full") -> float:
+    """The ``mu`` for a total target of ``gflops`` (paper convention) at ``size``:
+    ``mu = (gflops - fixed) / body_all_open`` (fixed taken at its all-open cost, an upper bound: gates of
+    nodes without input do not run)."""
+    fixed, body = fixed_and_body_gflops(space, size, gate_resolution)
+    mu = (gflops - fixed) / body
+    if not 0 < mu <= 1:
+        raise RoutespaceError(
+            f"a budget of {gflops:g} GFLOPs at {size[0]}x{size[1]} is outside what routing can reach: stem, decoder and "
+            f"gates cost {fixed:.4g} GFLOPs and the all-open body {body:.4g}; give a value in ({fixed:.4g}, {fixed + body:.4g}]"
+        )
+    return mu
+
+
+def gflops_for_mu(fixed_gflops: float, body_all_open_gflops: float, mu: float) -> float:
+    """The inverse of :func:`mu_for_gflops`: ``fixed + mu * body_all_open``."""
+    return float(fixed_gflops + mu * body_all_open_gflops)
