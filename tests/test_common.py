@@ -57,6 +57,50 @@ def test_last_layer_node_with_rare_decoder_edge_is_dropped():
     assert common.output_scales() == [2]
 
 
+def test_pass_through_counts_as_use_of_the_keep_edge_and_makes_identity_nodes():
+    """Known answer: route MAIN where node (4, 2) was closed on 70 % of the images (its keep edge carried
+    its input on) and open, with its keep edge, on 30 %. The keep edge is used on 100 %: it stays, and
+    (4, 2) becomes an identity node (closed more often than open); the other nodes keep their cell."""
+    routes = [_route(MAIN)] * 10
+    freq = dict(frequencies_from_routes(SPACE, routes).freq)
+    keep = (5, 2, 2)
+    freq[keep] = 0.3
+    freq[("pass", 4, 2)], freq[("cell", 4, 2)] = 0.7, 0.3
+    freqs = EdgeFrequencies(SPACE, freq, 10)
+    assert freqs.used(keep) == pytest.approx(1.0) and freqs.used((5, 2, 1)) == freq.get((5, 2, 1), 0.0)
+    common = common_architecture(freqs, tau=0.5)
+    assert common.edges == Architecture.from_path(SPACE, MAIN).edges
+    assert common.cell_of((4, 2)) == "identity" and common.cell_of((3, 2)) == SPACE.cell
+    assert Architecture.from_json(common.to_json()) == common
+    # without the pass-through record the keep edge counts as used on 30 % only, and the node keeps its cell
+    freq.pop(("pass", 4, 2))
+    no_pass = EdgeFrequencies(SPACE, freq, 10)
+    assert no_pass.used(keep) == pytest.approx(0.3)
+    assert common_architecture(no_pass, tau=0.5).cell_of((4, 2)) == SPACE.cell
+
+
+def test_trained_net_frequencies_record_pass_through_and_cells():
+    torch.manual_seed(0)
+    net = DynamicNet(SPACE)
+    with torch.no_grad():  # close every gate of node (3, 1) for every image: it passes its input on
+        net.gates["3_1"].fc.bias.fill_(-50.0)
+
+    class _Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(i)), torch.zeros(64, 64, dtype=torch.long)
+
+    freqs = edge_frequencies(net, _Images(), batch_size=4)
+    assert freqs.freq[("cell", 3, 1)] == 0.0
+    alive = freqs.freq[("pass", 3, 1)]  # closed wherever it received input
+    assert alive > 0
+    assert all(freqs.freq[k] == 0.0 for k in SPACE.out_edges((3, 1)))
+    back = EdgeFrequencies.from_dict(json.loads(json.dumps(freqs.to_dict())))
+    assert back.freq == pytest.approx(freqs.freq)
+
+
 def test_nothing_frequent_falls_back_to_widest_path():
     rng = random.Random(0)
     freq = {e: rng.uniform(0.0, 0.3) for e in SPACE.edges()}
