@@ -24,6 +24,7 @@ class Case:
     argv: tuple[str, ...]  # the command after `routespace`
     expect: str  # a fragment of the error line
     needs: tuple[str, ...] = ()  # fixture names (FIXTURES) created in {dir} first
+    env: tuple[tuple[str, str | None], ...] = ()  # environment variables set for the command (None: unset)
 
 
 # --- fixtures: small files and folders a case needs ------------------------------------------------------
@@ -247,13 +248,41 @@ CASES: list[Case] = [
                                             "--evaluator", "synthetic"), "cannot open storage mongodb://localhost/db"),
     Case("search --resume with nothing to resume", ("search", "--out", "{dir}/search", "--resume", "--evaluator", "synthetic"),
          "nothing to resume"),
+    Case("--storage-env naming an environment variable that is not set",
+         ("search", "--out", "{dir}/search", "--storage-env", "ROUTESPACE_STORAGE"),
+         "environment variable ROUTESPACE_STORAGE is not set", env=(("ROUTESPACE_STORAGE", None),)),
+    Case("--storage-env naming an empty environment variable", ("search", "--out", "{dir}/search", "--storage-env", "RS_EMPTY"),
+         "environment variable RS_EMPTY is empty", env=(("RS_EMPTY", ""),)),
+    Case("--storage-env variable holding no URL (a bare password)",
+         ("search", "--out", "{dir}/search", "--storage-env", "RS_PASSWORD"),
+         "does not hold a storage URL (its value is not shown)", env=(("RS_PASSWORD", "hunter22"),)),
+    Case("--storage-env given the URL itself instead of a variable name",
+         ("search", "--out", "{dir}/search", "--storage-env", "postgresql://searcher:hunter22@db/rs"),
+         "takes the name of an environment variable holding the storage URL, not 'postgresql://searcher:***@db/rs'"),
+    Case("both --storage and --storage-env", ("search", "--out", "{dir}/search", "--storage", "sqlite:///{dir}/study.db",
+                                              "--storage-env", "RS_URL"),
+         "either by --storage or by --storage-env, not both", env=(("RS_URL", "sqlite:///study.db"),)),
+    Case("--storage-env URL that cannot be opened (its password is masked)",
+         ("search", "--out", "{dir}/search", "--storage-env", "RS_DB", "--evaluator", "synthetic"),
+         "cannot open storage postgresql://nobody:***@127.0.0.1:1/none",
+         env=(("RS_DB", "postgresql://nobody:hunter22@127.0.0.1:1/none"),)),
     Case("training that does not fit in memory", ("train", "--out", "{dir}/run", "--preset", "paper", "--size", "1024x2048", "--batch-size", "8"), "at peak (estimate)"),
 ]
 
 
+def set_case_env(case: Case, monkeypatch) -> None:
+    """Set (or unset) the case's environment variables through pytest's ``monkeypatch``."""
+    for name, value in case.env:
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
 def command_text(case: Case) -> str:
-    """The case's command as a user would type it (fixture folder left out)."""
-    return "routespace " + shlex.join(a.replace("{dir}/", "") for a in case.argv)
+    """The case's command as a user would type it (fixture folder left out), its environment in front."""
+    env = "".join(f"env -u {name} " if value is None else f"{name}={shlex.quote(value)} " for name, value in case.env)
+    return env + "routespace " + shlex.join(a.replace("{dir}/", "") for a in case.argv)
 
 
 def render_markdown(cases: list[Case] = CASES) -> str:

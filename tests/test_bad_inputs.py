@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bad_inputs import CASES, FIXTURES, Case, render_markdown
+from bad_inputs import CASES, FIXTURES, Case, render_markdown, set_case_env
 from routespace.cli.main import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
@@ -31,6 +31,7 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(case: Case, tmp_path,
         FIXTURES[name][1](work)
     before = _snapshot(work)
     monkeypatch.chdir(work)  # anything written to a relative path would land here, and be seen
+    set_case_env(case, monkeypatch)
     argv = [a.replace("{dir}", str(work)) for a in case.argv]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(record=True) as caught:

@@ -107,3 +107,19 @@ def test_password_is_in_no_file_attribute_or_output(server, tmp_path):
     assert "trial_user_attributes" in dump and masked in dump  # the stored config is there, masked
     assert leaks(dump) == []
     storage.remove_session()
+
+
+def test_refused_storage_settings_never_show_the_secret(tmp_path, monkeypatch, capsys):
+    """The bad-input cases about the storage (tests/bad_inputs.py) carry a password in the variable or the
+    flag; the one-line error shows it masked or not at all."""
+    from bad_inputs import CASES, set_case_env
+
+    from routespace.cli.main import main
+
+    cases = [c for c in CASES if "hunter22" in repr(c.argv) + repr(c.env)]
+    assert len(cases) >= 3
+    for case in cases:
+        set_case_env(case, monkeypatch)
+        assert main([a.replace("{dir}", str(tmp_path)) for a in case.argv]) == 2
+        captured = capsys.readouterr()
+        assert "hunter22" not in captured.err + captured.out and captured.err.startswith("routespace: error: ")
