@@ -47,6 +47,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     p.add_argument("--latency-repeats", type=int, default=10, help="timed passes over the latency images (0 = skip latency)")
     p.add_argument("--latency-images", type=int, default=4, help="validation images timed at batch 1")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard events (default: RUN/tb/ gets them when tensorboard is installed)")
     p.set_defaults(func=run)
 
 
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..evaluators.datasets import load_dataset
     from ..evaluators.evaluate import evaluate, load_run_model
+    from ..evaluators.tensorboard import open_writer
     from ..spaces.fileio import write_json_atomic
     from ..spaces.space import parse_size
 
@@ -67,9 +70,19 @@ def run(args: argparse.Namespace) -> int:
     data = args.data or cli.get("data") or "synthetic"
     size = parse_size(args.size) if args.size else tuple(cli.get("val_size") or cli.get("size") or ()) or None
     val_set = load_dataset(data, "val", size=size)
-    result = evaluate(model, val_set, batch_size=args.batch_size, device=args.device,
-                      latency_repeats=args.latency_repeats, latency_images=args.latency_images)
-    result.update(run=str(args.run), kind=manifest.get("kind"), data=data, step=int(state["step"]))
+    # TensorBoard events mirror evaluation.json: written for the run's final checkpoint only
+    writer = open_writer(args.run, enabled=not (args.no_tensorboard or args.checkpoint))
+    step = int(state["step"])
+    with writer:
+        result = evaluate(model, val_set, batch_size=args.batch_size, device=args.device,
+                          latency_repeats=args.latency_repeats, latency_images=args.latency_images,
+                          writer=writer, step=step)
+        if writer.enabled and manifest.get("kind") == "dynamic":
+            from ..evaluators.plots.show import show
+            from ..evaluators.tensorboard import figure_to_chw
+
+            writer.image("eval/routes", figure_to_chw(show(args.run, what="routes")), step)
+    result.update(run=str(args.run), kind=manifest.get("kind"), data=data, step=step)
     if cli.get("budget"):
         result["budget"] = cli["budget"]
     if not args.checkpoint:

@@ -64,6 +64,8 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=5, help="best specs to export (default 5)")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard events (default: OUT/tb/ gets each trial's score and GFLOPs)")
     p.set_defaults(func=run)
 
 
@@ -157,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     from ..search.engine import stored_config
     from ..search.export import summary_line
     from ..search.run import default_storage, run_search
+    from ..search.tb_callback import log_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -192,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     outcome = run_search(config, args.out, resume=args.resume, workers=args.workers,
                          progress=not args.no_progress, top_k=args.top_k)
+    log_search(config.storage or default_storage(args.out), outcome.summary["study"], args.out, not args.no_tensorboard)
     print(f"routespace search: {outcome.stop_reason}")
     print(summary_line(outcome.summary))
     print(f"summary: {Path(args.out) / 'summary.json'}")

@@ -75,8 +75,11 @@ def evaluate(
     latency_repeats: int = 10,
     latency_images: int = 4,
     num_workers: int = 0,
+    writer=None,
+    step: int = 0,
 ) -> dict:
-    """Evaluate ``model`` on ``val_set``; a JSON-ready dict.
+    """Evaluate ``model`` on ``val_set``; a JSON-ready dict (also written, at ``step``, to ``writer``, a
+    ``evaluators.tensorboard.Writer``, when one is given: see ``tensorboard.log_evaluation``).
 
     Always: ``miou``, ``pixel_accuracy``, ``images``, ``size`` [H, W], ``device``, ``torch_threads``,
     ``latency_ms`` (batch 1 median; ``latency_repeats=0`` skips latency). Static nets with an ``arch``:
@@ -150,6 +153,10 @@ def evaluate(
         result["latency_batch"] = 1
         result["latency_images"] = len(latency_inputs)
         result["latency_repeats"] = latency_repeats
+    if writer is not None:
+        from .tensorboard import log_evaluation
+
+        log_evaluation(writer, result, step)
     return result
 
 
