@@ -8,6 +8,7 @@ from ..evaluators.cost import CONVENTIONS, CostReport, architecture_cost, space_
 from ..spaces.architecture import load_architecture
 from ..spaces.classics import CLASSICS, classic
 from ..spaces.errors import RoutespaceError
+from ..spaces.layout import GATE_RESOLUTIONS
 from ..spaces.space import STRIDES, parse_size, preset
 
 
@@ -18,6 +19,9 @@ def register(sub) -> None:
     p.add_argument("--classic", choices=None, metavar="NAME", help=f"one of {', '.join(CLASSICS)}")
     p.add_argument("--all-open", action="store_true", help="the whole space, every edge open")
     p.add_argument("--no-gates", action="store_true", help="with --all-open: leave out the gate heads")
+    p.add_argument("--gate-resolution", default=None, metavar="RES",
+                   help=f"with --all-open: gate heads at {' or '.join(GATE_RESOLUTIONS)} resolution (default full; "
+                   "quarter is the small gate of the released Dynamic-A/B/C)")
     p.add_argument("--size", default=None, help="input HxW, multiples of 32 (default: the space's, paper 1024x2048)")
     p.add_argument("--convention", default="paper", help=f"one of {', '.join(CONVENTIONS)} (default paper)")
     p.add_argument("--json", action="store_true", help="print a JSON object (gflops, params_m, per-node breakdown)")
@@ -30,6 +34,11 @@ def compute(args: argparse.Namespace) -> CostReport:
         raise RoutespaceError("give exactly one of: a SPEC file, --classic NAME, or --all-open")
     if args.no_gates and not args.all_open:
         raise RoutespaceError("--no-gates only applies with --all-open")
+    if args.gate_resolution is not None and (not args.all_open or args.no_gates):
+        raise RoutespaceError("--gate-resolution only applies with --all-open and its gate heads")
+    resolution = args.gate_resolution or "full"
+    if resolution not in GATE_RESOLUTIONS:
+        raise RoutespaceError(f"unknown gate resolution {resolution!r}: choose one of {', '.join(GATE_RESOLUTIONS)}")
     size = parse_size(args.size) if args.size else None
     if args.spec:
         space = preset(args.preset) if args.preset else None
@@ -38,7 +47,7 @@ def compute(args: argparse.Namespace) -> CostReport:
     space = preset(args.preset or "paper")
     if args.classic:
         return architecture_cost(classic(args.classic, space), size, args.convention)
-    return space_cost(space, size, args.convention, gates=not args.no_gates)
+    return space_cost(space, size, args.convention, gates=not args.no_gates, gate_resolution=resolution)
 
 
 def format_report(report: CostReport) -> str:
@@ -54,7 +63,7 @@ def format_report(report: CostReport) -> str:
         layer, scale = n.node
         lines.append(
             f"    L{layer:<2d} s{STRIDES[scale]:<2d} {n.cell:8s} {n.cell_flops / 1e9:8.3f} + "
-            f"{sum(n.edge_flops.values()) / 1e9:7.3f}" + (f" + {n.gate_flops / 1e9:6.3f}" if n.gate_flops else "")
+            f"{(sum(n.edge_flops.values()) + n.out_flops) / 1e9:7.3f}" + (f" + {n.gate_flops / 1e9:6.3f}" if n.gate_flops else "")
         )
     return "\n".join(lines)
 

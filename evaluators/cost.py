@@ -262,3 +262,12 @@ def space_cost(
 def gflops(arch: Architecture, size: tuple[int, int] | None = None, convention: str = "paper") -> float:
     """Total GFLOPs of a static architecture (the fast path used by searches)."""
     return architecture_cost(arch, size, convention).gflops
+
+
+def released_code_flops(report: CostReport) -> int:
+    """The same network's FLOPs as the released DynamicRouting code counts them: it runs, but leaves out of
+    its count, the initial node's cell and gate head (``cal_flops=False`` on its init layer) and the ReLUs
+    of the last layer's edges to the decoder. For comparing with the paper's figures only."""
+    first = next((n for n in report.nodes if n.node == (0, 0)), None)
+    skipped = (first.cell_flops + first.gate_flops if first else 0) + sum(n.out_flops for n in report.nodes)
+    return report.flops - skipped
