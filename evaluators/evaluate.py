@@ -12,13 +12,16 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .metrics import ConfusionMatrix
 from .train import logits_of, resolve_device
+
+if TYPE_CHECKING:
+    from .tensorboard import Writer
 
 
 def binary_entropy_bits(g: torch.Tensor) -> torch.Tensor:
@@ -75,7 +78,7 @@ def evaluate(
     latency_repeats: int = 10,
     latency_images: int = 4,
     num_workers: int = 0,
-    writer=None,
+    writer: Writer | None = None,
     step: int = 0,
 ) -> dict:
     """Evaluate ``model`` on ``val_set``; a JSON-ready dict (also written, at ``step``, to ``writer``, a

@@ -165,6 +165,41 @@ def log_evaluation(writer: Writer, result: Mapping[str, Any], step: int, prefix:
         writer.histogram(f"{prefix}per_image_gflops", result["per_image_gflops"], step)
 
 
+# --- what training logs --------------------------------------------------------------------------------
+# A step record's key -> its tag; other numeric keys go to train/KEY, "gate_open/..." keys as they are.
+TRAIN_TAGS = {
+    "loss": "train/loss", "ce": "train/ce", "extra": "train/extra", "budget_loss": "train/budget_loss",
+    "lr": "train/lr", "realised_gflops": "train/realised_gflops", "body_ratio": "budget/realised_ratio",
+    "expected_body_ratio": "budget/expected_ratio", "lambda": "budget/lambda", "budget_weight": "budget/weight",
+}
+
+
+def log_train_step(writer: Writer, record: Mapping[str, Any], step: int, budget_target: float | None = None) -> None:
+    """One training step's record (``loss``, ``ce``, ``lr``, the budget loss's ``body_ratio``, ``lambda``,
+    ...; see TRAIN_TAGS) at ``step``, and ``budget/target`` (mu) when given; ``step`` itself is not logged."""
+    for key, value in record.items():
+        if key != "step" and _is_number(value):
+            writer.scalar(TRAIN_TAGS.get(key, key if key.startswith("gate_open/") else f"train/{key}"), value, step)
+    if budget_target is not None:
+        writer.scalar("budget/target", budget_target, step)
+
+
+def gate_open_rates(edge_gates: Mapping[Any, Any]) -> dict[str, float]:
+    """Per scale, the fraction of (edge gate, image) pairs that are open (> 0), over the gates of the
+    nodes at that scale (``edge_gates``: a dynamic net's {(layer, src, dst) or ("out", layer, scale):
+    per-image gate values}); keys ``gate_open/stride4`` ... ``gate_open/stride32``, for the step record."""
+    import numpy as np
+
+    opened: dict[int, float] = {}
+    counted: dict[int, int] = {}
+    for key, gates in edge_gates.items():
+        scale = int(key[2] if key[0] == "out" else key[1])
+        values = _as_numpy(gates).ravel()
+        opened[scale] = opened.get(scale, 0.0) + float(np.count_nonzero(values > 0))
+        counted[scale] = counted.get(scale, 0) + values.size
+    return {f"gate_open/stride{4 * 2 ** s}": opened[s] / counted[s] for s in sorted(counted) if counted[s]}
+
+
 def figure_to_chw(fig) -> Any:
     """A matplotlib Figure rendered to a (3, H, W) uint8 array (for :meth:`Writer.image`); closes it."""
     import matplotlib.pyplot as plt

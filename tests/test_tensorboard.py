@@ -172,3 +172,31 @@ def test_search_no_tensorboard_writes_no_events(tmp_path):
     out = tmp_path / "out"
     assert main(_search(out, "--no-tensorboard", trials=1)) == 0
     assert not (out / "tb").exists()
+
+
+def test_train_step_records_and_gate_rates(tmp_path):
+    """The calls the training loop makes: a step record and per-scale gate open rates of a real net."""
+    from routespace.spaces.supernet import DynamicNet
+
+    torch.manual_seed(0)
+    net = DynamicNet(preset("tiny")).eval()
+    with torch.no_grad():
+        out = net.forward_skipping(torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    rates = tb.gate_open_rates(out.edge_gates)
+    for s in range(4):  # independent count over the edges leaving scale s (decoder edges included)
+        rows = [g for k, g in out.edge_gates.items() if (k[2] if k[0] == "out" else k[1]) == s]
+        expected = float(sum(int((g > 0).sum()) for g in rows)) / sum(g.numel() for g in rows)
+        assert rates[f"gate_open/stride{4 * 2 ** s}"] == pytest.approx(expected)
+    with tb.open_writer(tmp_path) as w:
+        for step in (1, 2):
+            record = {"loss": 2.0 / step, "ce": 1.5 / step, "lr": 1e-3 * step, "body_ratio": 0.3 + 0.1 * step,
+                      "lambda": 0.5, "budget_loss": 0.01, "step": step, "note": "text", "new_term": 7.0, **rates}
+            tb.log_train_step(w, record, step, budget_target=0.4)
+    acc = _events(tmp_path / "tb")
+    assert _scalars(acc, "train/loss") == pytest.approx({1: 2.0, 2: 1.0})
+    assert _scalars(acc, "train/lr") == pytest.approx({1: 1e-3, 2: 2e-3})
+    assert _scalars(acc, "budget/realised_ratio") == pytest.approx({1: 0.4, 2: 0.5})
+    assert _scalars(acc, "budget/target") == pytest.approx({1: 0.4, 2: 0.4})
+    assert _scalars(acc, "train/new_term") == {1: 7.0, 2: 7.0}
+    assert _scalars(acc, "gate_open/stride8") == pytest.approx({1: rates["gate_open/stride8"], 2: rates["gate_open/stride8"]})
+    assert not {"train/step", "train/note"} & set(acc.Tags()["scalars"])
