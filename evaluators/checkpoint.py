@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,12 +68,28 @@ def restore_rng(state: dict) -> None:
 
 # --- files -----------------------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (plus the format tag) atomically to ``path``."""
+    """Write ``state`` (plus the format tag) atomically to ``path``.
+
+    A write that fails (a full disk, a quota, a vanished folder) leaves every existing checkpoint as it was,
+    removes its temporary file and raises a one-line :class:`RoutespaceError`. The data goes through a
+    Python file object: given a path, torch reports a full disk as an opaque ``RuntimeError``
+    ("unexpected pos ..."); through a file object it is the ``OSError`` itself.
+    """
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+    except OSError as exc:
+        raise RoutespaceError(
+            f"cannot write checkpoint {path}: {exc.strerror or exc}; the checkpoints written before are intact: "
+            "free some space, then resume the run (--resume)"
+        ) from None
     return path
+
+
+class UnsafeCheckpointError(RoutespaceError):
+    """A checkpoint that pickles Python objects other than tensors and plain containers (possibly code)."""
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -86,7 +103,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle of foreign objects, not a torch file at all
         if str(exc).startswith("Weights only load failed"):  # it pickles callables/classes: possibly code
-            raise RoutespaceError(
+            raise UnsafeCheckpointError(
                 f"checkpoint {path} is corrupt or not a routespace checkpoint: it pickles Python objects other than "
                 f"tensors and plain containers ({_blocked_global(str(exc))}), which could run code when loaded, so it "
                 "was refused; delete it to resume from an earlier checkpoint, or start a new run"
@@ -107,6 +124,38 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise RoutespaceError(f"checkpoint {path} lacks {', '.join(missing)}: it is incomplete; delete it to resume from an earlier one")
     return state
+
+
+def load_newest_intact(paths: Sequence[str | Path], note: Callable[[str], None] | None = None,
+                       map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """The newest of ``paths`` (given oldest first) that loads, as ``(path, state)``; None for no paths.
+
+    A newer checkpoint that is damaged (truncated or overwritten by a copy, a disk, a crash of something
+    other than routespace, whose own writes are atomic) is passed over with a note through ``note`` (default:
+    a line on stderr) naming it and the one used instead. A checkpoint that pickles code is refused, never
+    passed over: someone put it there. When none loads, the newest one's error is raised.
+    """
+    import sys
+
+    first_error: RoutespaceError | None = None
+    damaged: list[str] = []
+    for path in reversed([Path(p) for p in paths]):
+        try:
+            state = load_checkpoint(path, map_location)
+        except UnsafeCheckpointError:
+            raise
+        except RoutespaceError as exc:
+            first_error = first_error or exc
+            damaged.append(str(path))
+            continue
+        if damaged:
+            say = note or (lambda text: print(text, file=sys.stderr))
+            say(f"note: checkpoint {', '.join(damaged)} is damaged (truncated or not a checkpoint) and was passed over; "
+                f"resuming from {path} (step {state['step']})")
+        return path, state
+    if first_error is not None:
+        raise first_error
+    return None
 
 
 def _blocked_global(message: str) -> str:
