@@ -72,13 +72,17 @@ class Writer:
 
 
 class TensorBoardWriter(Writer):
-    """Writes into ``logdir`` with ``torch.utils.tensorboard.SummaryWriter``, created at the first write."""
+    """Writes into ``logdir`` with ``torch.utils.tensorboard.SummaryWriter``, created at the first write.
+
+    ``purge_step`` (a resumed run: the step it resumes from) makes TensorBoard drop the events at and after
+    that step from earlier files, so the steps a killed run logged past its last checkpoint are not doubled."""
 
     enabled = True
 
-    def __init__(self, logdir: str | Path, filename_suffix: str = "") -> None:
+    def __init__(self, logdir: str | Path, filename_suffix: str = "", purge_step: int | None = None) -> None:
         self.logdir = Path(logdir)
         self.filename_suffix = filename_suffix
+        self.purge_step = None if purge_step is None else _as_step(purge_step)
         self._summary: Any = None
         self._failed = False
 
@@ -89,7 +93,8 @@ class TensorBoardWriter(Writer):
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._summary = SummaryWriter(log_dir=str(self.logdir), filename_suffix=self.filename_suffix)
+                self._summary = SummaryWriter(log_dir=str(self.logdir), filename_suffix=self.filename_suffix,
+                                              purge_step=self.purge_step)
             except (ImportError, OSError) as exc:
                 self._failed = True
                 note_once(f"tensorboard-failed:{self.logdir}",
@@ -134,17 +139,18 @@ class TensorBoardWriter(Writer):
             self._summary = None
 
 
-def open_writer(run_dir: str | Path, enabled: bool = True, *, subdir: str = TB_DIR,
-                filename_suffix: str = "") -> Writer:
+def open_writer(run_dir: str | Path, enabled: bool = True, *, subdir: str = TB_DIR, filename_suffix: str = "",
+                purge_step: int | None = None) -> Writer:
     """The writer for ``run_dir/subdir``: a :class:`TensorBoardWriter`, or the no-op :class:`Writer` when
-    ``enabled`` is False or tensorboard is not installed (then a one-line note, once per process)."""
+    ``enabled`` is False or tensorboard is not installed (then a one-line note, once per process).
+    ``purge_step``: see :class:`TensorBoardWriter` (pass the resumed-from step when resuming)."""
     if not enabled:
         return Writer()
     if not tensorboard_available():
         note_once("tensorboard-missing", f"tensorboard is not installed, so no TensorBoard events are written "
                   f"({INSTALL_HINT}, or --no-tensorboard to silence this)")
         return Writer()
-    return TensorBoardWriter(Path(run_dir) / subdir, filename_suffix=filename_suffix)
+    return TensorBoardWriter(Path(run_dir) / subdir, filename_suffix=filename_suffix, purge_step=purge_step)
 
 
 # --- what evaluation logs ------------------------------------------------------------------------------

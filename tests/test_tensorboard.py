@@ -200,3 +200,19 @@ def test_train_step_records_and_gate_rates(tmp_path):
     assert _scalars(acc, "train/new_term") == {1: 7.0, 2: 7.0}
     assert _scalars(acc, "gate_open/stride8") == pytest.approx({1: rates["gate_open/stride8"], 2: rates["gate_open/stride8"]})
     assert not {"train/step", "train/note"} & set(acc.Tags()["scalars"])
+
+
+def test_resumed_writer_purges_steps_logged_past_the_checkpoint(tmp_path):
+    """A run killed at step 6 after a checkpoint at 4 resumes from 4: TensorBoard keeps 0-3 of the first
+    file and 4-5 of the resumed one, each step once."""
+    with tb.open_writer(tmp_path) as w:
+        for step in range(6):
+            w.scalar("train/loss", 100.0 + step, step)
+    import time
+
+    time.sleep(1.1)  # event files are ordered by their creation second
+    with tb.open_writer(tmp_path, purge_step=4) as w:
+        for step in (4, 5):
+            w.scalar("train/loss", 200.0 + step, step)
+    assert [e.step for e in _events(tmp_path / "tb").Scalars("train/loss")] == [0, 1, 2, 3, 4, 5]
+    assert _scalars(_events(tmp_path / "tb"), "train/loss") == {0: 100, 1: 101, 2: 102, 3: 103, 4: 204, 5: 205}
