@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     writer = open_writer(args.run, enabled=not (args.no_tensorboard or args.checkpoint))
     step = int(state["step"])
     with writer:
+        from .threads import announce
+
+        announce(args)
         result = evaluate(model, val_set, batch_size=args.batch_size, device=args.device,
                           latency_repeats=args.latency_repeats, latency_images=args.latency_images,
                           writer=writer, step=step)

@@ -10,6 +10,8 @@ from ..spaces.errors import RoutespaceError
 # Each entry: module under routespace.cli that defines ``register(subparsers)``; imported lazily so
 # `routespace flops` does not pay for optuna/nni imports.
 COMMAND_MODULES = ["space_cmd", "flops_cmd", "export_cmd", "show_cmd", "train_cmd", "evaluate_cmd", "search_cmd", "extract_cmd", "compare_cmd"]
+# Commands that run torch: they take --threads and set torch's threads before they start (cli/threads.py).
+TORCH_COMMANDS = ("export", "show", "train", "evaluate", "search", "extract", "compare", "demo")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,7 +27,18 @@ def make_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(f"routespace.cli.{name}").register(sub)
+    for name in TORCH_COMMANDS:
+        sub.choices[name].add_argument(
+            "--threads", type=_positive_int, default=None, metavar="N",
+            help="torch/OpenMP threads of this process (default: the cores available divided among the routespace "
+            "processes running, and the processes this command starts)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(stream, "reconfigure", lambda **kw: None)(errors="backslashreplace")
     try:
         args = make_parser().parse_args(argv)
+        if args.command in TORCH_COMMANDS:
+            from .threads import apply_threads
+
+            args.thread_choice = apply_threads(args.threads, max(1, int(getattr(args, "workers", 1) or 1)), announce=False)
         func: Callable[[argparse.Namespace], int | None] = args.func
         return int(func(args) or 0)
     except RoutespaceError as exc:

@@ -264,7 +264,10 @@ def run(args: argparse.Namespace) -> int:
         "command": shlex.join(["routespace", "train", *_argv(args)]),
         "resume_command": shlex.join(["routespace", "train", "--out", str(args.out), "--resume"]),
     }
-    result = fit(model, train_set, config, out_dir=args.out, extra_loss=extra_loss, resume=args.resume, meta=meta)
+    from .threads import announce
+
+    result = fit(model, train_set, config, out_dir=args.out, extra_loss=extra_loss, resume=args.resume, meta=meta,
+                 on_start=lambda: announce(args))
     what = f"static net {arch.name or 'spec'}" if arch is not None else f"dynamic net ({preset_name})"
     btxt = ("no budget" if budget is None else
             f"setting {budget['setting']}, {budget['mode']} budget mu {budget['mu']:.3g} lambda {budget['lambda']:g}")

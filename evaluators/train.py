@@ -408,8 +408,12 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     meta: dict | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` (items ``(image, label)``) for ``config.steps`` steps.
+
+    ``on_start()`` is called once the run folder, device and checkpoint have been checked, right before
+    training begins (the CLI prints its thread choice there, so a refused run prints only its error).
 
     ``out_dir`` is the run folder (manifest, history, checkpoints); None trains without files.
     ``extra_loss(output, step, total_steps)`` is added to the cross-entropy. ``resume=True`` continues
@@ -440,6 +444,8 @@ def fit(
         _check_checkpoint_matches(state, manifest, resume_from)
         load_model_state(model, state["model"], resume_from)
 
+    if on_start is not None:
+        on_start()
     dist_info = _setup_dist(device)
     try:
         return _train(model, train_set, config, out, extra_loss, progress, meta, manifest, state, resume_from,
