@@ -69,11 +69,14 @@ class _Noise(_Labels):
         return torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i)), self.labels[i]
 
 
-def test_dynamic_all_gates_shut_runs_only_stem_decoder_and_first_gate():
+def test_dynamic_all_gates_shut_runs_only_stem_decoder_and_the_stride4_gates():
+    """Every gate shut: each node (l, 0) passes the stem's features on (paying its gate head), and the
+    decoder starts at stride 4."""
     data = _Noise(torch.randint(0, 3, (3, 32, 32), generator=torch.Generator().manual_seed(0)))
     r = evaluate(_gated_net(-10.0), data, batch_size=2, device="cpu", latency_repeats=1, latency_images=1)
     size = (32, 32)
-    expected = stem_cost(SPACE, size, "paper")[0] + decoder_cost(SPACE, 3, size, "paper")[0] + gate_cost(SPACE, (0, 0), size, "paper")[0]
+    gates = sum(gate_cost(SPACE, (l, 0), size, "paper")[0] for l in range(SPACE.layers + 1))
+    expected = stem_cost(SPACE, size, "paper")[0] + decoder_cost(SPACE, 0, size, "paper")[0] + gates
     assert r["body_gflops_mean"] == 0.0 and r["body_gflops_max"] == 0.0
     assert r["gflops_mean"] == pytest.approx(expected / 1e9) and r["gflops_std"] == 0.0
     assert r["gate_entropy_mean"] == 0.0 and r["edges_varying_fraction"] == 0.0
