@@ -72,6 +72,8 @@ def register(sub) -> None:
     t.add_argument("--num-workers", type=int, default=None, metavar="N", help="data loader worker processes (default 0)")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events (default: RUN/tb/ when "
+                   "tensorboard is installed)")
     p.set_defaults(func=run)
 
 
@@ -267,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
     from .threads import announce
 
     result = fit(model, train_set, config, out_dir=args.out, extra_loss=extra_loss, resume=args.resume, meta=meta,
-                 on_start=lambda: announce(args))
+                 on_start=lambda: announce(args), tensorboard=not args.no_tensorboard)
     what = f"static net {arch.name or 'spec'}" if arch is not None else f"dynamic net ({preset_name})"
     btxt = ("no budget" if budget is None else
             f"setting {budget['setting']}, {budget['mode']} budget mu {budget['mu']:.3g} lambda {budget['lambda']:g}")

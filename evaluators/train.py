@@ -409,11 +409,14 @@ def fit(
     progress: bool = True,
     meta: dict | None = None,
     on_start: Callable[[], None] | None = None,
+    tensorboard: bool = True,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` (items ``(image, label)``) for ``config.steps`` steps.
 
     ``on_start()`` is called once the run folder, device and checkpoint have been checked, right before
     training begins (the CLI prints its thread choice there, so a refused run prints only its error).
+    ``tensorboard``: also write each step's record (losses, lr, budget ratio and lambda, per-scale gate
+    open rates) as TensorBoard events into ``out_dir/tb`` (when tensorboard is installed; rank 0 only).
 
     ``out_dir`` is the run folder (manifest, history, checkpoints); None trains without files.
     ``extra_loss(output, step, total_steps)`` is added to the cross-entropy. ``resume=True`` continues
@@ -449,7 +452,7 @@ def fit(
     dist_info = _setup_dist(device)
     try:
         return _train(model, train_set, config, out, extra_loss, progress, meta, manifest, state, resume_from,
-                      order, device, dist_info)
+                      order, device, dist_info, tensorboard)
     finally:
         if dist_info.owns_group:
             import torch.distributed as dist
@@ -457,7 +460,8 @@ def fit(
             dist.destroy_process_group()
 
 
-def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, state, resume_from, order, device, dinfo):
+def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, state, resume_from, order, device, dinfo,
+           tensorboard=True):
     model.to(device)
     _seed_everything(config.seed + dinfo.rank)
     optimizer = make_optimizer(model, config)
@@ -518,6 +522,10 @@ def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, 
     stop = _StopRequest()
     model.train()
     bar = _progress_bar(total, start, progress and dinfo.rank == 0)
+    from .tensorboard import log_train_step, open_writer
+
+    tb = open_writer(out, enabled=tensorboard and out is not None and dinfo.rank == 0, purge_step=start or None)
+    budget_target = getattr(extra_loss, "mu", None)
     step, t0, loss_value, path = start, time.perf_counter(), math.nan, None
     try:
         with _signals_caught(stop):
@@ -534,6 +542,7 @@ def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, 
                     step += 1
                     record["step"] = step
                     history.append(record)
+                    log_train_step(tb, record, step, budget_target=budget_target)
                     loss_value = record["loss"]
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
@@ -542,6 +551,7 @@ def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, 
                         # history first: a kill between the two leaves history ahead of the checkpoint,
                         # which resuming trims (behind it, steps would be missing)
                         run.write_history(history)
+                        tb.flush()
                         path = run.save(checkpoint_state(step), step, final=step == total)
                         run.write_manifest(step=step)
                     if stopping and step < total:  # (a signal after the last step changes nothing)
@@ -557,6 +567,7 @@ def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, 
         raise
     finally:
         bar.close()
+        tb.close()
     seconds = time.perf_counter() - t0
     run.write_manifest(status="done", step=step, seconds=manifest.get("seconds", 0.0) + seconds)
     if dinfo.active:
@@ -597,6 +608,10 @@ def _step(net, model, optimizer, scheduler, images, labels, device, config, extr
     flops = getattr(output, "realised_flops", None)
     if isinstance(flops, torch.Tensor):
         record["realised_gflops"] = float(flops.detach().float().mean()) / 1e9
+    if getattr(output, "edge_gates", None):
+        from .tensorboard import gate_open_rates
+
+        record.update(gate_open_rates({k: g.detach() for k, g in output.edge_gates.items()}))
     return record
 
 

@@ -216,3 +216,27 @@ def test_resumed_writer_purges_steps_logged_past_the_checkpoint(tmp_path):
             w.scalar("train/loss", 200.0 + step, step)
     assert [e.step for e in _events(tmp_path / "tb").Scalars("train/loss")] == [0, 1, 2, 3, 4, 5]
     assert _scalars(_events(tmp_path / "tb"), "train/loss") == {0: 100, 1: 101, 2: 102, 3: 103, 4: 204, 5: 205}
+
+
+def test_budgeted_training_run_writes_its_scalars(tmp_path, capsys):
+    """`routespace train` on a tiny budgeted run: the loss terms, lr, budget ratio and target, lambda and the
+    per-scale gate rates of every step are in RUN/tb, equal to the step records of history.json."""
+    import json
+
+    from routespace.cli.main import main
+
+    run = tmp_path / "dyn"
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", "--out", str(run), "--steps", "4", "--batch-size", "2", "--size", "32x32", "--setting", "A",
+                     "--budget-warmup", "0", "--budget-ramp", "0", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    history = json.loads((run / "history.json").read_text())["steps"]
+    acc = _events(run / "tb")
+    assert _scalars(acc, "train/loss") == pytest.approx({r["step"]: r["loss"] for r in history}, rel=1e-6)
+    assert _scalars(acc, "budget/realised_ratio") == pytest.approx({r["step"]: r["body_ratio"] for r in history}, rel=1e-6)
+    assert _scalars(acc, "budget/lambda") == pytest.approx({r["step"]: r["lambda"] for r in history}, rel=1e-6)
+    assert list(_scalars(acc, "budget/target").values()) == pytest.approx([0.1] * len(history))
+    assert {f"gate_open/stride{s}" for s in (4, 8, 16, 32)} <= set(acc.Tags()["scalars"])
+    assert sorted(_scalars(acc, "train/lr")) == [1, 2, 3, 4]
