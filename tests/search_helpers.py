@@ -135,6 +135,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _memory_dir() -> str | None:
+    """/dev/shm where it has room to spare (a server's files there cost no disk writes, and removing them
+    is instant; on disk that took ~4 s after a test); else the usual temp folder."""
+    try:
+        return "/dev/shm" if shutil.disk_usage("/dev/shm").free > 2**30 and os.access("/dev/shm", os.W_OK) else None
+    except OSError:
+        return None
+
+
 class PostgresServer:
     """A throwaway PostgreSQL server: initdb (as the postgres user when root) into a temp dir, ``pg_ctl -w``
     on 127.0.0.1 and a free port, database ``routespace``. Without ``password``: trust auth, user postgres.
@@ -177,7 +186,7 @@ class PostgresServer:
     def __enter__(self) -> "PostgresServer":
         assert self.initdb is not None, "initdb not found: apt-get install -y postgresql"
         bindir = os.path.dirname(self.initdb)
-        self.base = tempfile.mkdtemp(prefix="routespace-pg-")
+        self.base = tempfile.mkdtemp(prefix="routespace-pg-", dir=_memory_dir())
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(self.base, user.pw_uid, user.pw_gid)

@@ -86,7 +86,7 @@ def test_password_is_in_no_file_attribute_or_output(server, tmp_path):
                 env={"RS_STORAGE": server.url().replace("routespace", "nosuchdb")}),
     ]
     assert "cannot open storage postgresql://searcher:***@127.0.0.1" in runs[-1].stderr
-    assert runs[-1].stderr.count("\n") == 1 and not (tmp_path / "wrong").exists()
+    assert not (tmp_path / "wrong").exists()
     for r in runs:
         assert leaks(r.stdout) == [] and leaks(r.stderr) == [], (r.args, r.stdout, r.stderr)
     assert "search" in runs[0].stderr and "trial" in runs[0].stderr  # the progress bar was there, and read
