@@ -44,7 +44,7 @@ def register(sub) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from ..evaluators.compare import CompareSettings
+    from ..search.compare import CompareSettings
 
     return CompareSettings(
         preset=args.preset, data=args.data, steps=args.steps, seeds=tuple(args.seeds), dynamic=tuple(args.dynamic),
@@ -55,7 +55,7 @@ def _settings(args: argparse.Namespace):
 
 def run_compare(args: argparse.Namespace) -> int:
 
-    from ..evaluators.compare import compare
+    from ..search.compare import compare
 
     settings = _settings(args)
     t0 = time.time()

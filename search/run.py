@@ -68,9 +68,9 @@ def run_worker(config: SearchConfig, evaluator=None, worker_index: int = 0,
 def _worker_entry(config_dict: dict, worker_index: int, parent: int) -> None:
     import optuna
 
-    from ..evaluators.compare import _exit_with_parent
+    from ..spaces.procs import exit_with_parent
 
-    _exit_with_parent(parent)
+    exit_with_parent(parent)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_worker(SearchConfig.from_dict(config_dict), worker_index=worker_index)
 

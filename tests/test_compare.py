@@ -2,15 +2,12 @@
 import json
 
 import pytest
-import torch
 
 from routespace.cli.main import main
-from routespace.evaluators.compare import CompareSettings, compare
+from routespace.search.compare import CompareSettings, compare
 from routespace.spaces.architecture import Architecture
 from routespace.spaces.classics import CLASSICS
 from routespace.spaces.errors import RoutespaceError
-
-torch.set_num_threads(1)
 
 SETTINGS = CompareSettings(steps=2, dynamic=("C",), val_images=6, latency_repeats=1, batch_size=2)
 
@@ -41,11 +38,20 @@ def test_every_row_present(run):
         assert (out / png).stat().st_size > 1000
 
 
-def test_rerun_resumes_without_retraining(run):
+def test_rerun_resumes_without_retraining(run, monkeypatch):
     out, result = run
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the rerun trained a net again")
+
+    monkeypatch.setattr("routespace.evaluators.train.fit", no_training)  # a retrain fails the test
+    checkpoints = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.pt")}
     again = compare(out, SETTINGS, progress=False, command="test")
     assert [r["miou"] for r in again["rows"]] == [r["miou"] for r in result["rows"]]
     assert all(r["train_seconds"] >= 0 for r in again["rows"])
+    # the rows are read back, not recomputed: their recorded training time is the first run's
+    assert [r["train_seconds"] for r in again["rows"]] == [r["train_seconds"] for r in result["rows"]]
+    assert checkpoints and {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.pt")} == checkpoints
 
 
 def test_folder_with_a_different_run_is_refused(run, capsys):

@@ -26,10 +26,11 @@ from ..spaces.architecture import Architecture
 from ..spaces.classics import CLASSICS
 from ..spaces.errors import RoutespaceError
 from ..spaces.fileio import write_json_atomic, write_text_atomic
+from ..spaces.procs import exit_with_parent
 from ..spaces.space import RoutingSpace, preset
-from . import runfolder
+from ..evaluators import runfolder
 
-from ..search.dynamic.settings import SETTINGS as DYNAMIC_SETTINGS
+from .dynamic.settings import SETTINGS as DYNAMIC_SETTINGS
 MANIFEST = "comparison-manifest.json"
 
 
@@ -117,7 +118,7 @@ def _check_folder(out: Path, settings: CompareSettings, overwrite: bool) -> None
 
 def _train_config(settings: CompareSettings, seed: int):
     """The same schedule for every row: the preset's training defaults at the comparison's length."""
-    from .train import preset_config
+    from ..evaluators.train import preset_config
 
     cfg = preset_config(settings.preset, steps=settings.steps, seed=seed, batch_size=settings.batch_size)
     return replace(cfg, checkpoint_every=max(1, settings.steps // 5))
@@ -126,8 +127,8 @@ def _train_config(settings: CompareSettings, seed: int):
 def train_or_load(run: Path, model: torch.nn.Module, train_set, config, extra_loss=None, meta=None, progress=True) -> float:
     """Train ``model`` into ``run`` (resuming a half-finished run) or load it if done; returns the
     training seconds measured in this call (0.0 when loaded)."""
-    from .checkpoint import load_checkpoint, load_model_state
-    from .train import fit
+    from ..evaluators.checkpoint import load_checkpoint, load_model_state
+    from ..evaluators.train import fit
 
     manifest = runfolder.read_manifest(run) if run.is_dir() else None
     final = runfolder.final_checkpoint_path(run)
@@ -142,7 +143,7 @@ def train_or_load(run: Path, model: torch.nn.Module, train_set, config, extra_lo
 def _random_path_near(space: RoutingSpace, target_gflops: float, size, seed: int, tries: int = 400) -> Architecture:
     """A seeded random single path whose GFLOPs is closest to ``target_gflops`` (first within 5 % wins)."""
     from ..spaces.random_arch import random_path
-    from .cost import gflops
+    from ..evaluators.cost import gflops
 
     rng = random.Random(seed)
     best = None
@@ -158,7 +159,7 @@ def _random_path_near(space: RoutingSpace, target_gflops: float, size, seed: int
 
 
 def _datasets(settings: CompareSettings):
-    from .datasets import load_dataset
+    from ..evaluators.datasets import load_dataset
 
     space = preset(settings.preset)
     size = tuple(space.input_size)
@@ -173,7 +174,7 @@ def _datasets(settings: CompareSettings):
 def _build_row_model(job: dict, space: RoutingSpace, size, progress: bool):
     """(model, extra loss, run meta) of a row: a budgeted dynamic net or a static architecture."""
     from ..spaces.builder import build
-    from ..search.dynamic.budget import make_budget_loss
+    from .dynamic.budget import make_budget_loss
     from ..spaces.supernet import DynamicNet
 
     if job["kind"] == "dynamic":
@@ -193,7 +194,7 @@ def _row_path(out: Path, job: dict) -> Path:
 def _run_job(out: str, settings_dict: dict, job: dict, threads: int, progress: bool) -> dict:
     """Train (or resume, or load) one row and evaluate its mIoU and FLOPs; latency comes later, measured
     on its own. Runs in a worker process when rows are trained in parallel."""
-    from .evaluate import evaluate
+    from ..evaluators.evaluate import evaluate
 
     torch.set_num_threads(threads)
     settings = CompareSettings(**settings_dict)
@@ -228,19 +229,6 @@ def _load_row(out: Path, job: dict) -> dict | None:
         return None  # a damaged row is recomputed
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Pool initializer: the worker ends when the comparing process dies, even by SIGKILL, instead of
-    training on (for up to a whole row) into a folder that a rerun is about to resume."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
-
-
 def _run_jobs(out: Path, settings: CompareSettings, jobs: list[dict], workers: int, progress: bool) -> list[dict]:
     """Every job's result, computing the missing ones (in ``workers`` processes of one thread each)."""
     results: dict[int, dict] = {}
@@ -255,7 +243,7 @@ def _run_jobs(out: Path, settings: CompareSettings, jobs: list[dict], workers: i
     if todo and workers > 1:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(min(workers, len(todo)), initializer=_exit_with_parent,
+        with mp.get_context("spawn").Pool(min(workers, len(todo)), initializer=exit_with_parent,
                                           initargs=(os.getpid(),)) as pool:
             pending = {i: pool.apply_async(_run_job, (str(out), settings.to_dict(), jobs[i], 1, progress)) for i in todo}
             for i, res in pending.items():
@@ -271,7 +259,7 @@ def _run_jobs(out: Path, settings: CompareSettings, jobs: list[dict], workers: i
 def _measure_latency(out: Path, settings: CompareSettings, rows: list[Row], val_set, progress: bool) -> None:
     """Batch-1 latency of every row, measured one net at a time after training (so parallel training
     does not disturb it), median of ``latency_repeats`` runs over 4 validation images."""
-    from .evaluate import load_run_model, median_latency_ms
+    from ..evaluators.evaluate import load_run_model, median_latency_ms
 
     if settings.latency_repeats <= 0:
         return
@@ -304,9 +292,9 @@ def compare(
     ``workers`` > 1 trains that many rows at a time, each in its own process with one torch thread
     (faster on a CPU than one process with several threads); results are the same either way up to
     floating-point order."""
-    from ..search.dynamic.common import common_architecture, edge_frequencies
-    from .cost import architecture_cost
-    from .evaluate import load_run_model
+    from .dynamic.common import common_architecture, edge_frequencies
+    from ..evaluators.cost import architecture_cost
+    from ..evaluators.evaluate import load_run_model
 
     settings = settings or CompareSettings()
     out = Path(out)
@@ -318,7 +306,7 @@ def compare(
     write_json_atomic(out / MANIFEST, manifest)
     space, size, _, val_set = _datasets(settings)
     if settings.dynamic:  # the dynamic supernet is the largest net trained; `workers` of them may run at once
-        from .memory import check_training_memory
+        from ..evaluators.memory import check_training_memory
 
         check_training_memory(space, settings.batch_size, size, dynamic=True, what="the comparison's dynamic nets",
                               processes=max(1, workers), advice="lower --workers, or use --preset tiny")
@@ -456,16 +444,17 @@ def render_report(comparison: dict) -> str:
 
 
 def _write_plots(out: Path, space: RoutingSpace, table: list[dict], commons: dict, settings: CompareSettings) -> None:
-    from .plots import plot_architecture, plot_pareto, save_figure
-    from ..search.dynamic.common import EdgeFrequencies
+    from ..evaluators.plots import plot_architecture, plot_pareto, save_figure
+    from .dynamic.common import EdgeFrequencies
 
     points = [(r["name"], r["gflops"], r["miou"], r["kind"]) for r in table]
     save_figure(plot_pareto(points, title="mIoU vs GFLOPs (per image)"), out / "pareto.png")
     for setting, arch in commons.items():
         path = out / f"frequencies-{setting}.json"
-        freq = EdgeFrequencies.from_dict(json.loads(path.read_text())).freq if path.is_file() else None
+        freq = EdgeFrequencies.from_dict(json.loads(path.read_text())).usage() if path.is_file() else None
         if freq is not None:
-            fig = plot_architecture(space=space, frequencies=freq, title=f"Dynamic-{setting}: how often each edge is open")
+            fig = plot_architecture(space=space, frequencies=freq,
+                                    title=f"Dynamic-{setting}: how often each edge carries something (open or pass-through)")
             save_figure(fig, out / f"grid-dynamic-{setting}.png")
         fig = plot_architecture(arch, title=f"Common-{setting}: edges open on >= {settings.tau:.0%} of images")
         save_figure(fig, out / f"grid-common-{setting}.png")
