@@ -76,6 +76,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--analyse-only", action="store_true", help="train nothing: report the runs already finished")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,8 @@ def main() -> None:
     # seed-major order: every row gets seed 0 first, so a cut-short benchmark still covers all rows
     jobs = [(row, seed) for seed in a.seeds for row in a.rows]
     pending = [j for j in jobs if not (out / f"{j[0]}-s{j[1]}" / "checkpoints" / "final.pt").exists()]
+    if a.analyse_only:
+        pending = []
     running: list[tuple[tuple[str, int], subprocess.Popen, float]] = []
     wall: dict[str, float] = {}
     t0 = time.time()

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--steps", type=int, default=120, help="proxy training steps per trial")
-    p.add_argument("--max-gflops", type=float, default=0.0029)
+    p.add_argument("--max-gflops", type=float, default=0.0032)
     p.add_argument("--darts-steps", type=int, default=60)
     p.add_argument("--strategies", default=",".join(STRATEGY_ORDER))
     p.add_argument("--seed", type=int, default=0)

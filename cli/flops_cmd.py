@@ -50,20 +50,25 @@ def compute(args: argparse.Namespace) -> CostReport:
     return space_cost(space, size, args.convention, gates=not args.no_gates, gate_resolution=resolution)
 
 
+def _g(value: float) -> str:
+    """Two decimals where that shows the figure (paper sizes), four significant digits where it would not."""
+    return f"{value:.2f}" if value >= 1 or value == 0 else f"{value:.4g}"
+
+
 def format_report(report: CostReport) -> str:
     h, w = report.size
     lines = [
         f"{report.name} at {h}x{w} ({report.convention} convention)",
-        f"  total {report.gflops:.2f} GFLOPs, params {report.params_m:.3f} M",
-        f"  stem {report.stem_flops / 1e9:.2f}  body {report.body_flops / 1e9:.2f}  "
-        f"decoder {report.decoder_flops / 1e9:.2f}  gates {report.gate_flops / 1e9:.2f}  (GFLOPs)",
+        f"  total {_g(report.gflops)} GFLOPs, params {report.params_m:.3f} M",
+        f"  stem {_g(report.stem_flops / 1e9)}  body {_g(report.body_flops / 1e9)}  "
+        f"decoder {_g(report.decoder_flops / 1e9)}  gates {_g(report.gate_flops / 1e9)}  (GFLOPs)",
         "  per node (layer, stride): cell + outgoing edges [+ gate] GFLOPs",
     ]
     for n in report.nodes:
         layer, scale = n.node
         lines.append(
-            f"    L{layer:<2d} s{STRIDES[scale]:<2d} {n.cell:8s} {n.cell_flops / 1e9:8.3f} + "
-            f"{(sum(n.edge_flops.values()) + n.out_flops) / 1e9:7.3f}" + (f" + {n.gate_flops / 1e9:6.3f}" if n.gate_flops else "")
+            f"    L{layer:<2d} s{STRIDES[scale]:<2d} {n.cell:8s} {n.cell_flops / 1e9:9.4g} + "
+            f"{(sum(n.edge_flops.values()) + n.out_flops) / 1e9:9.4g}" + (f" + {n.gate_flops / 1e9:9.4g}" if n.gate_flops else "")
         )
     return "\n".join(lines)
 

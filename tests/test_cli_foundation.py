@@ -160,7 +160,9 @@ def test_flops_text_output(cwd, capsys):
     assert main(["flops", "--classic", "fcn32s", "--preset", "tiny"]) == 0
     out, err = capsys.readouterr()
     report = architecture_cost(CLASSICS["fcn32s"](TINY))
-    assert err == "" and f"total {report.gflops:.2f} GFLOPs" in out and "64x64" in out
+    assert err == "" and f"total {report.gflops:.4g} GFLOPs" in out and "64x64" in out  # small figures: 4 digits
+    first = report.nodes[0]
+    assert f"{first.cell_flops / 1e9:9.4g}" in out.splitlines()[4]
     assert len(out.splitlines()) == 4 + len(report.nodes)
 
 
