@@ -9,7 +9,8 @@ from ..spaces.errors import RoutespaceError
 
 # Each entry: module under routespace.cli that defines ``register(subparsers)``; imported lazily so
 # `routespace flops` does not pay for optuna/nni imports.
-COMMAND_MODULES = ["space_cmd", "flops_cmd", "export_cmd", "show_cmd", "train_cmd", "evaluate_cmd", "search_cmd", "extract_cmd", "compare_cmd"]
+COMMAND_MODULES = ["space_cmd", "flops_cmd", "export_cmd", "show_cmd", "train_cmd", "evaluate_cmd", "search_cmd", "extract_cmd", "compare_cmd",
+                   "config_cmd"]
 # Commands that run torch: they take --threads and set torch's threads before they start (cli/threads.py).
 TORCH_COMMANDS = ("export", "show", "train", "evaluate", "search", "extract", "compare", "demo")
 
@@ -59,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("routespace: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `routespace flops ... | head`: the reader left; no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail again
+        return 141
 
 
 if __name__ == "__main__":
