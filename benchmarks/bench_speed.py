@@ -1,0 +1,178 @@
+"""Real speed of trained dynamic nets on a CPU, timed honestly (issue 14; not run by CI).
+
+For each trained dynamic run (``routespace train``), at batch 1, in ONE interleaved loop (round-robin over
+the nets, warm-up first, median and interquartile range of the repeats, one torch thread):
+
+- the dynamic net with its skipping executor (its own learned gates),
+- the same net with every path executed (dense forward, all gates forced open: the all-open cost),
+- its Common net (``common_architecture`` of its routes on 64 validation images), built static,
+- the static net (a classic or a random path) whose GFLOPs are closest to the dynamic net's realised mean.
+
+Reported: latency ratios dynamic / Common and dynamic / equal-GFLOPs static (target <= 1.3), time saving /
+FLOPs saving of dynamic vs all-open (target >= 0.8), batch-8 throughput of skipping vs dense (learned gates),
+a training step with the learned gates vs all gates open (target <= 0.6), and a torch.profiler summary of
+the skipping executor (top ops, and the share of wall time outside aten ops: Python and dispatch overhead).
+
+Run: ``python benchmarks/bench_speed.py RUN [RUN ...] [--sizes 64x64 256x512] [--repeats 30]``.
+Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+
+def _interleaved_ms(fns: dict, xs: list, repeats: int, warmup: int = 3) -> dict:
+    import torch
+
+    with torch.inference_mode():
+        for fn in fns.values():
+            for x in xs[:warmup]:
+                fn(x)
+        times = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():  # round-robin: a load spike shifts every net alike
+                t0 = time.perf_counter()
+                for x in xs:
+                    fn(x)
+                times[k].append((time.perf_counter() - t0) * 1e3 / len(xs))
+    out = {}
+    for k, v in times.items():
+        q = statistics.quantiles(v, n=4)
+        out[k] = {"median_ms": round(statistics.median(v), 3), "iqr_ms": [round(q[0], 3), round(q[2], 3)]}
+    return out
+
+
+def _profile(fn, xs, latency_ms: float) -> dict:
+    """Top aten ops of ``fn`` over ``xs`` (self CPU ms per image), and the share of the unprofiled median
+    latency spent outside aten ops (Python decisions, dispatch, bookkeeping)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        for x in xs[:2]:
+            fn(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for x in xs:
+                fn(x)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
+    aten_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / len(xs)
+    return {"top_ops_ms_per_image": [[e.key, round(e.self_cpu_time_total / 1e3 / len(xs), 3), e.count // len(xs)] for e in top],
+            "aten_self_ms_per_image": round(aten_ms, 3), "latency_ms": latency_ms,
+            "outside_aten_share": round(max(0.0, 1 - aten_ms / latency_ms), 3)}
+
+
+def _train_step_ms(model, x, y, override, repeats: int) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    times = []
+    for i in range(repeats + 2):
+        t0 = time.perf_counter()
+        out = model(x, gate_override=override)
+        loss = F.cross_entropy(out.logits, y) + out.budget_body_flops.mean() * 1e-9
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if i >= 2:
+            times.append((time.perf_counter() - t0) * 1e3)
+    model.eval()
+    return statistics.median(times)
+
+
+def analyse(run: str, sizes: list[tuple[int, int]], repeats: int) -> dict:
+    import torch
+
+    from routespace.evaluators.cost import architecture_cost, space_cost
+    from routespace.evaluators.evaluate import load_run_model
+    from routespace.evaluators.synthetic import embedded_default
+    from routespace.search.dynamic.common import common_architecture, edge_frequencies
+    from routespace.spaces.architecture import Architecture
+    from routespace.spaces.builder import build
+    from routespace.spaces.classics import CLASSICS
+    from routespace.spaces.random_arch import random_path
+
+    model, manifest, _ = load_run_model(run)
+    model.eval()
+    val = embedded_default("val")
+    common = common_architecture(edge_frequencies(model, val, max_images=64), name="common")
+    result = {"run": run, "common_edges": len(common.edges)}
+    for size in sizes:
+        xs = [torch.nn.functional.interpolate(val[i][0][None], size=size, mode="bilinear", align_corners=False)
+              for i in range(8)]
+        with torch.inference_mode():
+            skip = [model.forward_skipping(x) for x in xs]
+        dyn_gflops = statistics.fmean(float(o.realised_flops[0]) for o in skip) / 1e9
+        all_open = space_cost(model.space, size, gates=True, gate_resolution=model.gate_resolution).gflops
+        candidates = [CLASSICS[c](model.space) for c in CLASSICS] + [
+            Architecture.from_path(model.space, random_path(model.space, s), name=f"random-path-{s}") for s in range(40)]
+        equal = min(candidates, key=lambda a: abs(architecture_cost(a, size).gflops - dyn_gflops))
+        ones = {n: torch.ones(1, len(k)) for n, k in model.out_keys.items()}
+        common_net, equal_net = build(common).eval(), build(equal).eval()
+        fns = {"dynamic_skipping": model.forward_skipping, "all_open_dense": lambda x: model(x, gate_override=ones),
+               "common": common_net, "equal_gflops_static": equal_net}
+        t = _interleaved_ms(fns, xs, repeats)
+        d, o = t["dynamic_skipping"]["median_ms"], t["all_open_dense"]["median_ms"]
+        flops_saving, time_saving = 1 - dyn_gflops / all_open, 1 - d / o
+        xb = torch.cat(xs)
+        tb = _interleaved_ms({"skipping": model.forward_skipping, "dense": model.forward}, [xb], max(5, repeats // 3))
+        result["x".join(map(str, size))] = {
+            "latency": t, "dynamic_gflops": round(dyn_gflops, 6), "all_open_gflops": round(all_open, 6),
+            "common_gflops": round(architecture_cost(common, size).gflops, 6),
+            "equal_static": equal.name, "equal_static_gflops": round(architecture_cost(equal, size).gflops, 6),
+            "dynamic_over_common": round(d / t["common"]["median_ms"], 3),
+            "dynamic_over_equal_static": round(d / t["equal_gflops_static"]["median_ms"], 3),
+            "time_saving_over_flops_saving": round(time_saving / flops_saving, 3) if flops_saving > 0.01 else None,
+            "batch8_skipping_over_dense_throughput": round(tb["dense"]["median_ms"] / tb["skipping"]["median_ms"], 3),
+            "profile_skipping": _profile(model.forward_skipping, xs, d),
+        }
+    size = sizes[0]
+    x = torch.cat([torch.nn.functional.interpolate(val[i][0][None], size=size, mode="bilinear", align_corners=False)
+                   for i in range(8)])
+    y = torch.stack([val[i][1] for i in range(8)])
+    y = torch.nn.functional.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long().clamp(max=model.space.num_classes - 1)
+    with torch.no_grad():
+        learned = {n: g for n, g in _learned_gates(model, x).items()}
+    ones = {n: torch.ones(8, len(k)) for n, k in model.out_keys.items()}
+    budget_ms, open_ms = _train_step_ms(model, x, y, learned, repeats // 3 or 3), _train_step_ms(model, x, y, ones, repeats // 3 or 3)
+    result["train_step_budget_over_all_open"] = round(budget_ms / open_ms, 3)
+    result["train_step_ms"] = {"learned_gates": round(budget_ms, 1), "all_open": round(open_ms, 1)}
+    return result
+
+
+def _learned_gates(model, x) -> dict:
+    """The net's own gate values on ``x`` per node (N, k), for a training step with the routes it learned."""
+    out = model.eval()(x)
+    return {n: torch_stack([out.edge_gates[k] for k in keys]) for n, keys in model.out_keys.items()}
+
+
+def torch_stack(cols):
+    import torch
+
+    return torch.stack(cols, 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--sizes", nargs="+", default=["64x64", "256x512"])
+    p.add_argument("--repeats", type=int, default=30)
+    a = p.parse_args()
+    import torch
+
+    from routespace.spaces.space import parse_size
+
+    torch.set_num_threads(1)
+    sizes = [parse_size(s) for s in a.sizes]
+    results = []
+    for run in a.runs:
+        results.append(analyse(run, sizes, a.repeats))
+        print(json.dumps(results[-1]), flush=True)
+    print(json.dumps({"runs": results, "threads": 1, "repeats": a.repeats}))
+
+
+if __name__ == "__main__":
+    main()
