@@ -10,8 +10,9 @@ Per trial (:meth:`SearchSession.run_trial`), while a heartbeat thread keeps the 
    the user attribute ``rejected``, and ends PRUNED. Constrained samplers (TPE, NSGA-II) read those
    values; no score is made up. Rejected trials do not count towards ``--trials``;
 3. an architecture already evaluated in this study is not trained again: the trial completes with the
-   earlier result and ``duplicate_of`` (0 training steps). A twin running in another worker is waited
-   for;
+   earlier result and ``duplicate_of`` (0 training steps). Of twins running at once in several workers
+   exactly one trains, by a claim in the user attribute ``claim`` (:meth:`SearchSession._find_twin`); the
+   others wait for its result;
 4. otherwise the evaluator trains and scores it; the trial stores ``spec``, ``gflops``, ``params_m``,
    ``miou``, ``train_steps``, ``train_images``, ``train_seconds`` as user attributes and completes
    with ``miou`` (and ``gflops`` for two-objective strategies).
@@ -43,6 +44,7 @@ from .config import CONFIG_ATTR, SearchConfig
 from .storage import HEARTBEAT_ATTR, Heartbeat, fail_stale, mask_url, open_storage, retry_callback
 
 RESULT_ATTRS = ("miou", "train_steps", "train_images", "train_seconds", "eval_seconds")
+CLAIM_ATTR = "claim"  # claimed | training | deferred: which of several running twins trains (SearchSession._find_twin)
 
 
 def spec_text(arch: Architecture) -> str:
@@ -290,7 +292,7 @@ class SearchSession:
             self.study.tell(trial, state=TrialState.PRUNED)
             self.rejected += 1
             return None
-        twin = self._find_twin(key, trial.number)
+        twin = self._find_twin(trial, key)
         if twin is not None:
             for name in RESULT_ATTRS:
                 if name in twin.user_attrs:
@@ -318,23 +320,64 @@ class SearchSession:
     def _values(self, miou: float, gflops: float) -> list[float]:
         return [miou, gflops] if self.objectives == ("miou", "gflops") else [miou]
 
-    def _find_twin(self, key: str, number: int):
-        """A completed (original) evaluation of the same architecture, waiting for a running twin."""
+    def _twins(self, key: str, number: int):
+        """(the completed original evaluation of ``key`` or None, the other RUNNING trials of ``key``)."""
         from optuna.trial import TrialState
 
+        original, rivals = None, []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.number == number or t.user_attrs.get("spec_key") != key:
+                continue
+            if t.state == TrialState.RUNNING:
+                rivals.append(t)
+            elif "duplicate_of" not in t.user_attrs and original is None:
+                original = t
+        return original, rivals
+
+    def _wait_a_poll(self) -> None:
+        time.sleep(self.poll_s)
+        fail_stale(self.study)  # a rival whose worker died stops counting once it is failed
+
+    def _find_twin(self, trial, key: str):
+        """The completed original evaluation of the same architecture to copy, or None once this trial holds
+        the claim to train it.
+
+        Trial numbers do not order the workers' checks (a trial asked earlier may set its ``spec_key``
+        later, and a queued retry keeps its number while others start), so the trainer is decided by a claim
+        in the user attribute ``claim``: a trial that sees no rival claiming writes ``claimed``, reads its
+        rivals again and then either yields (``deferred``: a rival is ``training``, or claimed with a lower
+        number; it waits for that one's result) or, after every higher-numbered claimant has decided,
+        trains (``training``). Two claimants always see at least one of each other's claims, and the
+        lower-numbered one waits for the higher one's decision, so exactly one trains; a claimant whose
+        worker died is failed as stale and drops out.
+        """
+        number = trial.number
         while True:
-            running = None
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-                if t.number == number or t.user_attrs.get("spec_key") != key:
-                    continue
-                if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs:
-                    return t
-                if t.state == TrialState.RUNNING and "miou" not in t.user_attrs and t.number < number:
-                    running = t
-            if running is None:
+            original, rivals = self._twins(key, number)
+            if original is not None:
+                return original
+            if any(r.user_attrs.get(CLAIM_ATTR) in ("claimed", "training") for r in rivals):
+                self._wait_a_poll()  # another trial is deciding, or training this architecture
+                continue
+            trial.set_user_attr(CLAIM_ATTR, "claimed")
+            if self._claim_holds(key, number):
+                trial.set_user_attr(CLAIM_ATTR, "training")
                 return None
-            time.sleep(self.poll_s)  # an earlier twin is being trained by another worker
-            fail_stale(self.study)
+            trial.set_user_attr(CLAIM_ATTR, "deferred")
+            self._wait_a_poll()
+
+    def _claim_holds(self, key: str, number: int) -> bool:
+        """After writing ``claimed``: whether this trial trains (see :meth:`_find_twin`)."""
+        while True:
+            original, rivals = self._twins(key, number)
+            if original is not None:
+                return False
+            claims = {r.number: r.user_attrs.get(CLAIM_ATTR) for r in rivals}
+            if "training" in claims.values() or any(n < number and c == "claimed" for n, c in claims.items()):
+                return False
+            if not any(n > number and c == "claimed" for n, c in claims.items()):
+                return True
+            self._wait_a_poll()  # a higher-numbered claimant that may not have seen this claim decides first
 
 
 # --- opening a study ---------------------------------------------------------------------------------

@@ -326,3 +326,72 @@ def _never_beaten_trial_is_failed_within_grace(config) -> None:
 def test_trial_of_a_worker_killed_before_its_first_heartbeat_is_retried(tmp_path, kind):
     url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:{tmp_path / 's.log'}"
     _never_beaten_trial_is_failed_within_grace(_config(tmp_path, "random", trials=2).with_(storage=url))
+
+
+def test_of_twins_running_at_once_exactly_one_trains(tmp_path):
+    """Trial numbers do not order the workers: here trial 1 reaches its check and starts training before
+    trial 0 (asked first, by a slower worker) has even drawn its architecture, the same one. Trial 0 must
+    wait for trial 1's result, not train the same net again (it used to: only lower numbers were waited for)."""
+    import threading
+
+    config = _config(tmp_path, "random", trials=2)
+    same_path = {f"move_{layer}": 0 for layer in range(1, 9)}
+    studies = [open_study(config), open_study(config)]  # two workers: a study and a storage each
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for study, _ in studies:
+            study.sampler = optuna.samplers.PartialFixedSampler(same_path, optuna.samplers.RandomSampler(0))
+    first, second = studies[0][0].ask(), studies[1][0].ask()
+    assert (first.number, second.number) == (0, 1)
+    release, trained, results = threading.Event(), [], {}
+
+    class SlowSpy(SpyEvaluator):
+        def __call__(self, arch, seed=0):
+            trained.append(arch)
+            release.wait(60)
+            return super().__call__(arch, seed)
+
+    def run(index: int, trial) -> None:
+        study, storage = studies[index]
+        results[index] = SearchSession(config, study, storage, SlowSpy(), poll_s=0.05).run_trial(trial)
+
+    workers = [threading.Thread(target=run, args=(1, second))]
+    workers[0].start()
+    t0 = time.monotonic()
+    while not trained and time.monotonic() - t0 < 60:
+        time.sleep(0.05)
+    assert trained, "trial 1 never started training"
+    workers.append(threading.Thread(target=run, args=(0, first)))
+    workers[1].start()
+    time.sleep(1.0)
+    assert len(trained) == 1  # trial 0 is waiting for trial 1
+    release.set()
+    for w in workers:
+        w.join(60)
+    trials = studies[0][0].get_trials()
+    assert len(trained) == 1 and results[0] == results[1]
+    assert trials[0].user_attrs["duplicate_of"] == 1 and trials[0].user_attrs["train_steps"] == 0
+    assert [t.user_attrs.get("claim") for t in trials] == [None, "training"]  # trial 0 never claimed
+
+
+def test_claim_decisions_between_running_twins(tmp_path):
+    """The claim's decision table: a claimant yields to a rival that trains or that claimed with a lower
+    number, and waits for higher-numbered claimants to decide (they yield to it, having seen its claim)."""
+    import threading
+
+    config = _config(tmp_path, "random", trials=5)
+    study, storage = open_study(config)
+    trials = [study.ask() for _ in range(3)]
+    for t in trials:
+        t.set_user_attr("spec_key", "k")
+    session = SearchSession(config, study, storage, SpyEvaluator(), poll_s=0.05)
+    trials[0].set_user_attr("claim", "claimed")
+    trials[1].set_user_attr("claim", "claimed")
+    assert session._claim_holds("k", 1) is False  # trial 0 claimed too, with a lower number
+    later = threading.Timer(0.5, lambda: trials[1].set_user_attr("claim", "deferred"))
+    later.start()
+    t0 = time.monotonic()
+    assert session._claim_holds("k", 0) is True  # once trial 1 has deferred
+    assert time.monotonic() - t0 >= 0.4  # it did wait for that decision
+    trials[2].set_user_attr("claim", "training")
+    assert session._claim_holds("k", 0) is False  # a rival already trains it
