@@ -8,7 +8,7 @@ import torch
 
 from routespace.evaluators.schedule import budget_weight
 from routespace.evaluators.train import TrainConfig, fit
-from routespace.search.dynamic.budget import BudgetLoss, make_budget_loss
+from routespace.search.dynamic.budget import LAMBDA_CAP, BudgetLoss, make_budget_loss
 from routespace.spaces.errors import RoutespaceError
 from routespace.spaces.space import RoutingSpace, preset
 from routespace.spaces.supernet import DynamicNet, RoutingOutput, body_flops_all_open
@@ -79,6 +79,11 @@ def test_dual_weight_rises_above_target_and_falls_back_below():
     for step in range(20):
         fixed(_fake_output(0.8), step, 100)
     assert fixed.lam_now == 0.5
+    # far above the target for long: lambda stops at its cap, LAMBDA_CAP x its initial value
+    capped = BudgetLoss(100.0, mu=0.1, lam=0.5, warmup=0.0, ramp=0.0)
+    for step in range(2000):
+        capped(_fake_output(0.9), step, 2000)
+    assert capped.lam_now == pytest.approx(LAMBDA_CAP * 0.5)
     # no change during warm-up
     warm = BudgetLoss(100.0, mu=0.4, lam=0.5, warmup=0.5)
     warm(_fake_output(0.9), 10, 100)
@@ -103,7 +108,6 @@ def _budget():
 
 
 def test_resume_restores_the_dual_weight_exactly(tmp_path):
-    torch.set_num_threads(1)
     cfg = TrainConfig(steps=8, batch_size=4, lr=3e-3, optimizer="adamw", checkpoint_every=4, keep_checkpoints=0, seed=0)
     torch.manual_seed(0)
     ref_loss = _budget()
