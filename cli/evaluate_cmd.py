@@ -37,10 +37,12 @@ def format_table(result: dict, kind: str | None, run, threads: int) -> str:
 
 
 def register(sub) -> None:
+    from ..evaluators.data_registry import data_help
+
     p = sub.add_parser("evaluate", help="evaluate a trained run on its validation split (mIoU, GFLOPs, latency)")
     p.add_argument("run", metavar="RUN", help="run folder written by `routespace train`")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--data", default=None, help="data set to validate on (default: the run's, val split)")
+    p.add_argument("--data", default=None, help=f"data set to validate on: {data_help(None)} (default: the run's, val split)")
     p.add_argument("--size", default=None, metavar="HxW", help="validation size (default: the run's --val-size)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file to load (default: RUN/checkpoints/final.pt)")
     p.add_argument("--batch-size", type=int, default=8)

@@ -7,12 +7,15 @@ from ..spaces.errors import RoutespaceError
 
 
 def register(sub) -> None:
+    from ..evaluators.data_registry import data_help
+
     p = sub.add_parser("extract", help="extract the Common (static) architecture from a trained dynamic run")
     p.add_argument("run", help="run folder of `routespace train` (a dynamic net)")
     p.add_argument("-o", "--output", required=True, help="spec JSON to write (frequencies go beside it, *.freq.json)")
     p.add_argument("--tau", type=float, default=0.5, help="keep edges open on at least this fraction of images, in (0, 1] (default 0.5)")
     p.add_argument("--threshold", type=float, default=1e-4, help="a gate above this counts as open (default 1e-4: the edge ran)")
-    p.add_argument("--data", default=None, help="data set for the frequencies (default: the run's, validation split)")
+    p.add_argument("--data", default=None,
+                   help=f"data set for the frequencies: {data_help(None)} (default: the run's, validation split)")
     p.add_argument("--images", type=int, default=None, help="use only the first N images")
     p.set_defaults(func=run)
 

@@ -6,7 +6,6 @@ import json
 
 from ..spaces.errors import RoutespaceError
 
-STRATEGY_NAMES = ("tpe", "nsga2", "random", "nni-evolution", "nni-darts")
 # Settings that define a study; with --resume they default to the stored ones.
 IDENTITY_ARGS = ("preset", "space", "strategy", "max_gflops", "max_params_m", "max_latency_ms", "size", "cells",
                  "seed", "evaluator", "data", "proxy_steps", "proxy_batch", "proxy_val_images", "sim_steps",
@@ -14,6 +13,10 @@ IDENTITY_ARGS = ("preset", "space", "strategy", "max_gflops", "max_params_m", "m
 
 
 def register(sub) -> None:
+    from ..evaluators.data_registry import data_help
+    from ..search.strategy import STRATEGIES
+    from ..spaces.celltypes import CELL_TYPES
+
     p = sub.add_parser(
         "search",
         help="search for the best architecture under a compute budget (Optuna TPE/NSGA-II/random, NNI evolution, DARTS)",
@@ -24,8 +27,9 @@ def register(sub) -> None:
     p.add_argument("--space", default=None, choices=("path", "subgraph"),
                    help="encoding: path (a scale per layer) or subgraph (edges on/off, repaired); default path")
     p.add_argument("--cells", default=None,
-                   help="comma-separated cell types to choose from per node (e.g. sepconv,basic); default: the space's cell")
-    p.add_argument("--strategy", default=None, metavar="NAME", help=f"one of {', '.join(STRATEGY_NAMES)} (default tpe)")
+                   help=f"comma-separated cell types to choose from per node, of {', '.join(CELL_TYPES)} "
+                   "(e.g. sepconv,basic); default: the space's cell")
+    p.add_argument("--strategy", default=None, metavar="NAME", help=f"one of {', '.join(STRATEGIES)} (default tpe)")
     p.add_argument("--strategy-option", action="append", default=None, metavar="KEY=VALUE",
                    help="strategy setting, e.g. population_size=8 (repeatable)")
     p.add_argument("--max-gflops", type=float, default=None, help="hard limit on GFLOPs at the input size")
@@ -52,7 +56,7 @@ def register(sub) -> None:
     p.add_argument("--evaluator", default=None, choices=("proxy", "synthetic"),
                    help="proxy: short training + val mIoU (default); synthetic: closed-form stand-in for "
                    "testing the machinery, no training")
-    p.add_argument("--data", default=None, help="proxy data set: synthetic (default), cityscapes:PATH, voc:PATH")
+    p.add_argument("--data", default=None, help=f"proxy data set: {data_help()}")
     p.add_argument("--proxy-steps", type=int, default=None, help="proxy training steps per trial (default 200)")
     p.add_argument("--proxy-batch", type=int, default=None, help="proxy batch size (default 8)")
     p.add_argument("--proxy-val-images", type=int, default=None, help="validation images for mIoU (default 64)")
@@ -159,12 +163,13 @@ def run(args: argparse.Namespace) -> int:
     from ..search.engine import stored_config
     from ..search.export import summary_line
     from ..search.run import default_storage, run_search
+    from ..search.strategy import STRATEGIES
     from ..search.tb_callback import log_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if args.strategy is not None and args.strategy not in STRATEGY_NAMES:
-        raise RoutespaceError(f"unknown strategy {args.strategy!r}: choose one of {', '.join(STRATEGY_NAMES)}")
+    if args.strategy is not None and args.strategy not in STRATEGIES:
+        raise RoutespaceError(f"unknown strategy {args.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if args.storage_env is not None:
         from ..search.storage import storage_url_from_env
 

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from routespace.evaluators.data_registry import data_set_kind, forms_of
 from routespace.evaluators.synthetic import SCALE_MIXES, embedded_default
 from routespace.spaces.errors import RoutespaceError
 
@@ -309,25 +310,22 @@ def _decode_voc_colors(rgb: np.ndarray, path: Path) -> np.ndarray:
     return sorted_idx[pos].astype(np.uint8)
 
 
+def load_synthetic(arg: str, split: str, size: int | tuple[int, int] | None = None) -> Dataset:
+    """The registry's ``synthetic[:MIX]`` loader: the embedded set with scale mix ``arg`` (default uniform)."""
+    mix = arg or "uniform"
+    if mix not in SCALE_MIXES:
+        raise RoutespaceError(f"unknown synthetic scale mix {arg!r} in {'synthetic:' + arg!r}: use {forms_of('synthetic')}")
+    return embedded_default(split, size=size or (64, 64), scale_mix=mix)
+
+
 def load_dataset(spec: str, split: str, size: int | tuple[int, int] | None = None) -> Dataset:
-    """The data set named by ``spec``, one split of it.
+    """The data set named by ``spec``, one split of it (the kinds are the table
+    :data:`routespace.evaluators.data_registry.DATASETS`).
 
     ``synthetic`` (the embedded default, log-uniform object sizes), ``synthetic:small`` /
     ``synthetic:large`` (biased to small / large objects), ``cityscapes:PATH``, ``voc:PATH``.
     ``size`` is ``(height, width)``; the synthetic default is 64x64, real data keep their own size
     unless given one.
     """
-    kind, _, arg = spec.partition(":")
-    if kind == "synthetic":
-        mix = arg or "uniform"
-        if mix not in SCALE_MIXES:
-            raise RoutespaceError(f"unknown synthetic scale mix {arg!r} in {spec!r}: use synthetic, synthetic:small or synthetic:large")
-        return embedded_default(split, size=size or (64, 64), scale_mix=mix)
-    if kind in ("cityscapes", "voc"):
-        if not arg:
-            raise RoutespaceError(f"{kind} needs a folder: {kind}:PATH, e.g. {kind}:/data/{kind}")
-        cls = CityscapesSegmentation if kind == "cityscapes" else VOCSegmentation
-        return cls(arg, split, size=size)
-    raise RoutespaceError(
-        f"unknown data set {spec!r}: use synthetic, synthetic:small, synthetic:large, cityscapes:PATH or voc:PATH"
-    )
+    entry, arg = data_set_kind(spec)
+    return entry.load()(arg, split, size)

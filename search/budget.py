@@ -9,7 +9,6 @@ cheapest architecture of the space is a user error that names the cheapest archi
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -60,9 +59,11 @@ class Verdict:
 
 def measure_latency_ms(arch: Architecture, size: tuple[int, int] | None = None, threads: int = 1,
                        repeats: int = 5, warmup: int = 2) -> float:
-    """Median wall-clock of one forward pass (batch 1, eval mode, no grad) on the CPU, in ms."""
+    """Median wall-clock of one forward pass (batch 1, eval mode, no grad) on the CPU, in ms, on ``threads``
+    torch threads (timed by :func:`routespace.evaluators.evaluate.median_latency_ms`)."""
     import torch
 
+    from ..evaluators.evaluate import median_latency_ms
     from ..spaces.builder import build
 
     size = size or arch.space.input_size
@@ -72,17 +73,9 @@ def measure_latency_ms(arch: Architecture, size: tuple[int, int] | None = None, 
         torch.manual_seed(0)
         model = build(arch).eval()
         x = torch.randn(1, 3, *size)
-        times = []
-        with torch.no_grad():
-            for i in range(warmup + repeats):
-                t0 = time.perf_counter()
-                model(x)
-                if i >= warmup:
-                    times.append((time.perf_counter() - t0) * 1e3)
+        return median_latency_ms(model, [x], repeats, torch.device("cpu"), warmup)
     finally:
         torch.set_num_threads(old)
-    times.sort()
-    return times[len(times) // 2]
 
 
 class BudgetChecker:

@@ -17,6 +17,7 @@ import io
 import json
 from pathlib import Path
 
+from ..evaluators.pareto import pareto_indices
 from ..spaces.architecture import Architecture
 from ..spaces.fileio import write_json_atomic, write_text_atomic
 
@@ -58,14 +59,11 @@ def best_records(records: list[dict], top_k: int = 5) -> list[dict]:
 
 
 def pareto_front(records: list[dict]) -> list[dict]:
-    """Non-dominated evaluations for (mIoU max, GFLOPs min), sorted by GFLOPs (pure)."""
-    points = sorted(_evaluated(records), key=lambda r: (r["gflops"], -r["miou"], r["number"]))
-    front, best = [], float("-inf")
-    for r in points:
-        if r["miou"] > best:
-            front.append(r)
-            best = r["miou"]
-    return front
+    """Non-dominated evaluations for (mIoU max, GFLOPs min), sorted by GFLOPs (pure); of equal evaluations
+    only the earliest trial."""
+    evaluated = sorted(_evaluated(records), key=lambda r: r["number"])
+    front = pareto_indices([(r["gflops"], r["miou"]) for r in evaluated], keep_ties=False)
+    return [evaluated[i] for i in front]
 
 
 def _spec_file(record: dict, name: str) -> dict:

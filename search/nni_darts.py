@@ -33,6 +33,7 @@ import time
 
 from ..spaces.architecture import Architecture
 from ..spaces import paths
+from ..spaces.keys import edge_key, node_key
 from ..spaces.space import Edge, RoutingSpace
 from .encoding import on_stem_to_decoder_paths, repair_edges
 from .strategy import Strategy
@@ -127,12 +128,18 @@ def sample_candidates(space: RoutingSpace, kind: str, weights: dict[Edge, float]
 
 
 # --- the supernet ---------------------------------------------------------------------------------
+def _cell_key(node: tuple[int, int], cell: str) -> str:
+    """Module key of one offered cell at a node (the supernet holds every offered cell of every node)."""
+    return f"{node_key(node)}_{cell}"
+
+
 def _supernet(space: RoutingSpace, cell_types: tuple[str, ...], size: tuple[int, int]):
     import torch
     from torch import nn
 
     from ..evaluators.cost import cell_cost, decoder_cost, edge_cost, stem_cost
     from ..spaces.cells import Decoder, Stem, Transition, make_cell
+    from ..spaces.ops import feature_sizes
 
     class DartsSupernet(nn.Module):
         def __init__(self) -> None:
@@ -140,9 +147,9 @@ def _supernet(space: RoutingSpace, cell_types: tuple[str, ...], size: tuple[int,
             self.edges = list(space.edges())
             self.nodes = [n for n in space.nodes() if n[0] > 0]
             self.stem = Stem(space.base_channels)
-            self.transitions = nn.ModuleDict({f"{l}_{s}_{d}": Transition(space, s, d) for l, s, d in self.edges})
+            self.transitions = nn.ModuleDict({edge_key(e): Transition(space, e[1], e[2]) for e in self.edges})
             self.cells = nn.ModuleDict({
-                f"{l}_{s}_{c}": make_cell(c, space.channels(s)) for (l, s) in self.nodes for c in cell_types
+                _cell_key(n, c): make_cell(c, space.channels(n[1])) for n in self.nodes for c in cell_types
             })
             self.decoder = Decoder(space, max(space.scales_at(space.layers)))
             self.alpha = nn.Parameter(torch.full((len(self.edges),), 0.5))
@@ -176,7 +183,7 @@ def _supernet(space: RoutingSpace, cell_types: tuple[str, ...], size: tuple[int,
 
         def forward(self, x):
             h, w_ = x.shape[-2:]
-            sizes = [(h // 2 ** (s + 2), w_ // 2 ** (s + 2)) for s in range(4)]
+            sizes = feature_sizes(h, w_)
             w = torch.sigmoid(self.alpha)
             cw = torch.softmax(self.beta, dim=1)
             feats = {(0, 0): self.stem(x)}
@@ -184,9 +191,9 @@ def _supernet(space: RoutingSpace, cell_types: tuple[str, ...], size: tuple[int,
             for j, (l, s) in enumerate(self.nodes):
                 total = None
                 for e in space.in_edges((l, s)):
-                    y = w[idx[e]] * self.transitions[f"{e[0]}_{e[1]}_{e[2]}"](feats[(l - 1, e[1])], sizes[s])
+                    y = w[idx[e]] * self.transitions[edge_key(e)](feats[(l - 1, e[1])], sizes[s])
                     total = y if total is None else total + y
-                mixed = sum(cw[j, k] * self.cells[f"{l}_{s}_{c}"](total) for k, c in enumerate(cell_types))
+                mixed = sum(cw[j, k] * self.cells[_cell_key((l, s), c)](total) for k, c in enumerate(cell_types))
                 feats[(l, s)] = total + mixed
             last = [feats.get((space.layers, s)) for s in range(4)]
             return self.decoder(last, sizes, (h, w_))

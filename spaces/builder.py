@@ -7,6 +7,7 @@ from torch import nn
 from .architecture import Architecture
 from .cells import Decoder, Stem, Transition, make_cell
 from .keys import edge_key, node_key
+from .ops import feature_sizes
 
 
 class StaticNet(nn.Module):
@@ -41,7 +42,7 @@ class StaticNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
-        sizes = [(h // 2 ** (s + 2), w // 2 ** (s + 2)) for s in range(4)]
+        sizes = feature_sizes(h, w)
         feats: dict[str, torch.Tensor] = {}
         stem = self.stem(x)
         for key, scale, inputs, has_cell in self._plan:

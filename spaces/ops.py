@@ -63,6 +63,12 @@ def feature_size(size: tuple[int, int], scale: int) -> tuple[int, int]:
     return size[0] // f, size[1] // f
 
 
+def feature_sizes(h: int, w: int, scales: int = 4) -> list[tuple[int, int]]:
+    """[(H, W)] of the feature maps at scales 0..``scales``-1 for an H x W input: what the networks' forward
+    passes resize to. Plain integer arithmetic, so it traces (TorchScript, torch.export) on the input's sizes."""
+    return [feature_size((h, w), s) for s in range(scales)]
+
+
 def sep_ops(cin: int, cout: int, h: int, w: int, stride: int = 1) -> list[Op]:
     """Depthwise 3x3 (stride ``stride``) then pointwise 1x1; ``h, w`` are the output size."""
     return [Conv(cin, cin, 3, h, w, stride=stride, groups=cin), Conv(cin, cout, 1, h, w)]

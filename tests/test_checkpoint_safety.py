@@ -86,7 +86,6 @@ def _assert_refused(rc: int, err: str) -> None:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """A finished static run (2 steps at 32x32): manifest, history, checkpoints."""
-    torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("safety") / "run"
     rc, err = _cli(["train", "--out", str(run), "--arch", "fcn32s", "--steps", "2", "--batch-size", "2",
                     "--size", "32x32", "--checkpoint-every", "1", "--seed", "0"])

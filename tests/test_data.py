@@ -302,3 +302,69 @@ def test_load_dataset_specs(tmp_path):
         load_dataset("cityscapes", "train")
     with pytest.raises(RoutespaceError, match="missing folder"):
         load_dataset(f"voc:{tmp_path / 'nowhere'}", "train")
+
+
+# ---------------------------------------------------------------- the data-set registry
+
+# A tiny fixture per registered data set: name -> make(tmp_path) -> the spec's ARG ('' for none). A new
+# entry of DATASETS needs one here; test_every_registered_data_set_loads_its_fixture then covers it.
+REGISTRY_FIXTURES = {
+    "synthetic": lambda tmp_path: "",
+    "cityscapes": lambda tmp_path: str(_cityscapes(tmp_path / "cityscapes", np.full((64, 96), 7, np.uint8))),
+    "voc": lambda tmp_path: str(_voc(tmp_path / "voc", [_voc_label(64, 96)])),
+}
+
+
+def _registry_specs():
+    from routespace.evaluators.data_registry import DATASETS
+
+    return [(name, form) for name, entry in DATASETS.items() for form in entry.forms]
+
+
+def test_registry_entries_have_fixtures_forms_and_help():
+    from routespace.evaluators.data_registry import DATASETS, data_forms, data_help
+    from routespace.evaluators.synthetic import SCALE_MIXES
+
+    assert set(REGISTRY_FIXTURES) == set(DATASETS), "every registered data set needs a fixture here"
+    for name, entry in DATASETS.items():
+        assert entry.name == name and entry.description and entry.forms
+        assert all(f == name or f.startswith(name + ":") for f in entry.forms)
+        assert callable(entry.load())
+    # the synthetic forms are its scale mixes
+    assert DATASETS["synthetic"].forms == ("synthetic", *(f"synthetic:{m}" for m in SCALE_MIXES if m != "uniform"))
+    # every command's --data help names every form (compare/demo/train: pending, see PENDING_DATA_HELP)
+    from routespace.cli.main import make_parser
+
+    commands = make_parser()._subparsers._group_actions[0].choices
+    with_data = {name: p for name, p in commands.items() for a in p._actions if a.dest == "data"}
+    assert {"search", "evaluate", "extract"} <= set(with_data)
+    for name, parser in with_data.items():
+        if name in PENDING_DATA_HELP:
+            continue
+        (action,) = [a for a in parser._actions if a.dest == "data"]
+        assert all(form in action.help for form in data_forms()), (name, action.help)
+    assert data_help().startswith("synthetic (default), ")
+
+
+# commands whose --data help is still written by hand (cli/compare_cmd.py, cli/train_cmd.py): to read
+# data_registry.data_help() like the others, then to be removed from here
+PENDING_DATA_HELP = {"compare", "demo", "train"}
+
+
+@pytest.mark.parametrize("name, form", _registry_specs())
+def test_every_registered_data_set_loads_its_fixture(tmp_path, name, form):
+    arg = REGISTRY_FIXTURES[name](tmp_path)
+    spec = form.replace("PATH", arg) if "PATH" in form else form
+    for size in ((32, 64), None):
+        ds = load_dataset(spec, "train", size=size)
+        assert len(ds) >= 1 and isinstance(ds.num_classes, int) and ds.num_classes >= 2
+        img, label = ds[0]
+        assert img.dtype == torch.float32 and img.ndim == 3 and img.shape[0] == 3
+        assert label.dtype == torch.int64 and label.shape == img.shape[1:]
+        if size is not None:
+            assert tuple(img.shape[1:]) == size
+        valid = (label >= 0) & (label < ds.num_classes) | (label == 255)
+        assert bool(valid.all())
+    if "PATH" in form:  # a folder kind without its folder is refused in one line
+        with pytest.raises(RoutespaceError, match=f"{name} needs a folder"):
+            load_dataset(name, "train")

@@ -48,7 +48,6 @@ def _net(arch, seed=0):
 def exported(tmp_path_factory):
     """Two nets (HRNetV2 with up/down exchange; a random subgraph with res2net/basic cells), exported as in
     FORMATS, with inputs and eager outputs at the SIZES saved as .npy."""
-    torch.set_num_threads(1)
     upsample_to = cells.upsample_to
     root = tmp_path_factory.mktemp("models")
     archs = {

@@ -204,6 +204,8 @@ def _load(data: bytes | str) -> Architecture | RoutespaceError:
 
 
 def _assert_one_line(exc: RoutespaceError) -> None:
+    """``exc`` is a refusal (a RoutespaceError, not an Architecture that was accepted) with a one-line message."""
+    assert isinstance(exc, RoutespaceError), f"accepted, not refused: {exc!r:.300}"
     msg = str(exc)
     assert msg and "\n" not in msg and "\r" not in msg, repr(msg[:300])
     assert len(msg.splitlines()) == 1, repr(msg[:300])
@@ -337,7 +339,7 @@ def test_bugs_the_fuzzer_found_stay_fixed():
     # 1. a cells key with a line break and a non-string cell type gave a two-line message
     spec = _fcn()
     spec["cells"] = {"1,\n1": 5}
-    _assert_one_line(_load(json.dumps(spec)))
+    _assert_one_line(_load(json.dumps(spec)))  # refused (an accepted spec fails _assert_one_line), in one line
     # 2. true and 1.0 were accepted as format version 1
     for version in (True, 1.0):
         spec = dict(_fcn(), version=version)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from routespace.evaluators import memory
 from routespace.evaluators.memory import (
     SAFETY_FACTOR,
     activation_elements,
@@ -144,11 +145,24 @@ def test_parameter_count_and_activation_elements_match_the_modules():
     assert activation_elements(ident, (64, 64), dynamic=False) == stem + cells // 2 + sums // 2 + edges // 2 + decoder + loss
 
 
-def test_paper_preset_full_size_batch_8_is_refused_with_the_estimate():
+SMALL_MACHINE = 24 * 2**30  # what the refusal tests report as available: a 24 GiB machine, whatever this one has
+
+
+@pytest.fixture
+def small_machine(monkeypatch):
+    """The host's memory readings replaced by SMALL_MACHINE (MemAvailable; no cgroup limit), so a refusal does
+    not depend on this machine's RAM; ``available_memory`` itself still runs (its reading is tested below)."""
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: SMALL_MACHINE)
+    monkeypatch.setattr(memory, "_cgroup_available", lambda: None)
+    return SMALL_MACHINE
+
+
+def test_paper_preset_full_size_batch_8_is_refused_with_the_estimate(small_machine):
     space = preset("paper")
     est = estimate_training_memory(space, 8, (1024, 2048), dynamic=True, optimizer="sgd")
     avail = available_memory("cpu")
-    assert avail < 2**40 and est > avail  # this machine: ~24 GiB; the estimate is hundreds of GiB
+    assert avail == small_machine  # the readings are the fixture's
+    assert avail < 2**40 and est > avail  # 24 GiB reported; the estimate is hundreds of GiB
     with pytest.raises(RoutespaceError) as info:
         check_training_memory(space, 8, (1024, 2048), dynamic=True, optimizer="sgd", what="training the paper dynamic net")
     msg = str(info.value)
@@ -177,7 +191,7 @@ def test_check_fits_and_skip_switch(monkeypatch):
     assert SAFETY_FACTOR >= 1
 
 
-def test_processes_multiply_and_advice_is_the_commands_own():
+def test_processes_multiply_and_advice_is_the_commands_own(small_machine):
     tiny = preset("tiny")
     one = check_training_memory(tiny, 8, (64, 64), dynamic=False)
     assert check_training_memory(tiny, 8, (64, 64), dynamic=False, processes=3) == 3 * one

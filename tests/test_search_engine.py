@@ -30,17 +30,6 @@ CHEAPEST = architecture_cost(cheapest_architecture(TINY)).gflops
 BUDGET = round(CHEAPEST * 1.35, 6)  # admits a fraction of the space, so rejections happen
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two OpenMP threads on a loaded 2-core box are many times slower than one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class SpyEvaluator:
     """Records every architecture it is asked to train; score = the synthetic closed form."""
 

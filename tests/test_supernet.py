@@ -9,14 +9,6 @@ from routespace.spaces.space import RoutingSpace, preset
 from routespace.spaces.supernet import GATE_EPS, DynamicNet, body_flops_all_open
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _net(space, seed=0, gate_resolution="full", double=True):
     torch.manual_seed(seed)
     net = DynamicNet(space, gate_resolution=gate_resolution)

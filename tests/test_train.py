@@ -19,8 +19,6 @@ from routespace.spaces.errors import RoutespaceError
 from routespace.spaces.space import preset
 from test_train_support import NoiseSegmentation, micro_net, param_digest, tree_bytes
 
-torch.set_num_threads(1)
-
 
 def test_lr_factor_known_values():
     assert lr_factor(0, 100) == 1.0

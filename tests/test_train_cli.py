@@ -12,8 +12,6 @@ from routespace.spaces.space import preset
 from routespace.spaces.supernet import body_flops_all_open
 from test_train_support import tree_bytes
 
-torch.set_num_threads(1)
-
 STATIC = ["--arch", "fcn32s", "--steps", "3", "--batch-size", "2", "--size", "32x32", "--checkpoint-every", "1"]
 
 

@@ -11,8 +11,6 @@ from routespace.evaluators.evaluate import binary_entropy_bits, evaluate
 from routespace.spaces.space import RoutingSpace
 from routespace.spaces.supernet import DynamicNet
 
-torch.set_num_threads(1)
-
 SPACE = RoutingSpace(layers=3, base_channels=4, num_classes=3, input_size=(32, 32), name="eval")
 
 

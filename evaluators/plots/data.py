@@ -14,10 +14,11 @@ from ...spaces.architecture import Architecture
 from ...spaces.celltypes import CELLS
 from ...spaces.errors import RoutespaceError
 from ...spaces.space import STRIDES, RoutingSpace, edge_kind
+from ..pareto import pareto_indices
+# the gate counting is evaluators.routes' (shared with dynamic routing); its names stay importable from here
+from ..routes import EdgeKey, as_1d, edge_frequencies, parse_edge_key, routes_from_gates  # noqa: F401
 
 # --- the layer x scale grid -------------------------------------------------------------------------
-
-EdgeKey = tuple  # (layer, src, dst) for a space edge, ("out", layer, scale) for a last-layer node -> decoder
 
 
 @dataclass(frozen=True)
@@ -95,24 +96,6 @@ class GridData:
 DECODER_X_OFFSET = 0.7  # 'out' edges end this far right of the last layer
 
 
-def parse_edge_key(key: object) -> EdgeKey:
-    """Accept (l, s, d), ('out', l, s), or their string forms 'l,s,d' / 'out,l,s'."""
-    if isinstance(key, str):
-        parts = [p.strip() for p in key.split(",")]
-    elif isinstance(key, (tuple, list)):
-        parts = list(key)
-    else:
-        raise RoutespaceError(f"bad edge key {key!r}: use (layer, src_scale, dst_scale) or ('out', layer, scale)")
-    try:
-        if len(parts) == 3 and str(parts[0]) == "out":
-            return ("out", int(parts[1]), int(parts[2]))
-        if len(parts) == 3:
-            return tuple(int(p) for p in parts)
-    except (TypeError, ValueError):
-        pass
-    raise RoutespaceError(f"bad edge key {key!r}: use (layer, src_scale, dst_scale) or ('out', layer, scale)")
-
-
 def normalise_frequencies(frequencies: Mapping[object, float], space: RoutingSpace) -> dict[EdgeKey, float]:
     """Validated {edge key: frequency in [0, 1]} with tuple keys; unknown edges are an error."""
     out: dict[EdgeKey, float] = {}
@@ -142,39 +125,6 @@ def frequencies_from_json(data: object, space: RoutingSpace) -> dict[EdgeKey, fl
     if not isinstance(data, dict):
         raise RoutespaceError("edge frequencies must be a JSON object {'layer,src,dst': frequency}")
     return normalise_frequencies(data, space)
-
-
-def _as_1d(values: object) -> np.ndarray:
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype=float).reshape(-1)
-
-
-def _merge_gates(edge_gates: Mapping | Iterable[Mapping]) -> dict[EdgeKey, np.ndarray]:
-    batches = [edge_gates] if isinstance(edge_gates, Mapping) else list(edge_gates)
-    merged: dict[EdgeKey, list[np.ndarray]] = {}
-    for batch in batches:
-        for k, v in batch.items():
-            merged.setdefault(parse_edge_key(k), []).append(_as_1d(v))
-    sizes = {sum(len(a) for a in parts) for parts in merged.values()}
-    if len(sizes) > 1:
-        raise RoutespaceError("edge gates cover different numbers of images: pass every edge's gates for every batch")
-    return {k: np.concatenate(parts) for k, parts in merged.items()}
-
-
-def edge_frequencies(edge_gates: Mapping | Iterable[Mapping], threshold: float = 0.0) -> dict[EdgeKey, float]:
-    """Fraction of images on which each edge is open (gate > threshold).
-
-    ``edge_gates``: a RoutingOutput's ``edge_gates`` ({edge: values per image}) or a list of them (batches).
-    """
-    return {k: float((v > threshold).mean()) if len(v) else 0.0 for k, v in _merge_gates(edge_gates).items()}
-
-
-def routes_from_gates(edge_gates: Mapping | Iterable[Mapping], threshold: float = 0.0) -> list[frozenset]:
-    """Per image, the set of open edges (gate > threshold)."""
-    merged = _merge_gates(edge_gates)
-    n = len(next(iter(merged.values()))) if merged else 0
-    return [frozenset(k for k, v in merged.items() if v[i] > threshold) for i in range(n)]
 
 
 def _freq_style(f: float) -> tuple[float, float]:
@@ -361,7 +311,7 @@ class HistogramData:
 
 def flops_histogram(gflops: Sequence[float], target: float | None = None, bins: int | None = None) -> HistogramData:
     """Histogram of realised GFLOPs per image (``bins`` default: sqrt(n), 5..30)."""
-    a = _as_1d(gflops)
+    a = as_1d(gflops)
     if a.size == 0:
         raise RoutespaceError("no GFLOPs values to plot")
     if not np.isfinite(a).all():
@@ -411,16 +361,9 @@ def as_points(results: Iterable[object]) -> list[ResultPoint]:
 
 
 def pareto_front(points: Sequence[ResultPoint]) -> list[int]:
-    """Indices of the non-dominated points (fewer GFLOPs and higher mIoU are better), by GFLOPs."""
-    front = []
-    for i, p in enumerate(points):
-        dominated = any(
-            q.gflops <= p.gflops and q.miou >= p.miou and (q.gflops < p.gflops or q.miou > p.miou)
-            for j, q in enumerate(points) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: (points[i].gflops, -points[i].miou))
+    """Indices of the non-dominated points (fewer GFLOPs and higher mIoU are better), by GFLOPs; equal
+    points all stay (see :func:`routespace.evaluators.pareto.pareto_indices`)."""
+    return pareto_indices([(p.gflops, p.miou) for p in points])
 
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1

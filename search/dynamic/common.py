@@ -26,6 +26,7 @@ from typing import Iterable, Mapping
 
 import torch
 
+from ...evaluators.routes import open_gate_counts
 from ...spaces.architecture import Architecture
 from ...spaces.errors import RoutespaceError
 from ...spaces.paths import best_path, prune_edges
@@ -118,8 +119,9 @@ def edge_frequencies(
         for start in range(0, n, batch_size):
             images = torch.stack([dataset[i][0] for i in range(start, min(n, start + batch_size))])
             out = model.forward_skipping(images)
-            for key, g in out.edge_gates.items():
-                counts[key] = counts.get(key, 0.0) + float((g > threshold).sum())
+            opened, _ = open_gate_counts(out.edge_gates, threshold)
+            for key, c in opened.items():
+                counts[key] = counts.get(key, 0.0) + float(c)
             for node in out.alive:
                 counts[("pass", *node)] = counts.get(("pass", *node), 0.0) + float(out.passed(node).sum())
                 counts[("cell", *node)] = counts.get(("cell", *node), 0.0) + float(out.cell_ran[node].sum())
