@@ -1,0 +1,75 @@
+"""One-shot scoring: the forced route of the supernet is the built static net carrying its weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from routespace.search.dynamic.oneshot import (
+    OneShotEvaluator, check_representable, forced_gates, recalibrate_bn, static_from_supernet,
+)
+from routespace.spaces.architecture import Architecture
+from routespace.spaces.errors import RoutespaceError
+from routespace.spaces.space import RoutingSpace
+from routespace.spaces.supernet import DynamicNet
+
+SPACE = RoutingSpace(layers=4, base_channels=8, num_classes=3, input_size=(64, 64), name="micro")
+
+
+def _archs():
+    path = Architecture.from_path(SPACE, [1, 2, 1, 0])
+    branchy = Architecture(SPACE, frozenset({(1, 0, 0), (1, 0, 1), (2, 0, 0), (2, 1, 1), (3, 1, 0), (3, 0, 0),
+                                              (4, 0, 0), (4, 0, 1)}))
+    ident = Architecture(SPACE, Architecture.from_path(SPACE, [0, 0, 1, 1]).edges, (((1, 0), "identity"), ((3, 1), "identity")))
+    return [path, branchy, ident]
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_forced_route_equals_the_static_net_with_copied_weights_after_the_same_recalibration(index):
+    arch = _archs()[index]
+    torch.manual_seed(index)
+    net = DynamicNet(SPACE).double()
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.randn(4, 3, 64, 64, generator=gen, dtype=torch.float64) for _ in range(3)]
+    x = torch.randn(3, 3, 64, 64, generator=gen, dtype=torch.float64)
+    recalibrate_bn(net, calib, lambda b: net(b, gate_override=forced_gates(net, arch, b.shape[0])))
+    static = static_from_supernet(net, arch).double()
+    net.eval(), static.eval()
+    with torch.no_grad():
+        forced = net(x, gate_override=forced_gates(net, arch, 3)).logits
+        assert torch.allclose(forced, static(x), rtol=1e-9, atol=1e-9)
+    # recalibrating the static net on the same batches gives the same statistics, hence the same function
+    fresh = static_from_supernet(net, arch).double()
+    recalibrate_bn(fresh, calib)
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x), forced, rtol=1e-9, atol=1e-9)
+    # and the forced route costs what the static architecture costs (its body; gates are forced, not run)
+    from routespace.evaluators.cost import architecture_cost
+
+    with torch.no_grad():
+        out = net.forward_skipping(x, gate_override=forced_gates(net, arch, 3))
+    assert float(out.realised_body_flops[0]) == architecture_cost(arch, (64, 64)).body_flops
+
+
+def test_unrepresentable_candidates_are_refused():
+    net = DynamicNet(SPACE)
+    other = RoutingSpace(layers=5, base_channels=8, num_classes=3, input_size=(64, 64))
+    with pytest.raises(RoutespaceError, match="is not the supernet's"):
+        check_representable(net, Architecture.from_path(other, [0] * 5))
+    arch = Architecture.from_path(SPACE, [0, 1, 1, 1])
+    with pytest.raises(RoutespaceError, match="non-keep out edge"):
+        check_representable(net, Architecture(SPACE, arch.edges, (((1, 0), "identity"),)))
+    with pytest.raises(RoutespaceError, match="cell 'basic'"):
+        check_representable(net, Architecture(SPACE, arch.edges, (((2, 1), "basic"),)))
+
+
+def test_evaluator_scores_and_reports_its_cost():
+    torch.manual_seed(0)
+    net = DynamicNet(SPACE)
+    gen = torch.Generator().manual_seed(2)
+    calib = [torch.randn(4, 3, 64, 64, generator=gen) for _ in range(2)]
+    val = [(torch.randn(4, 3, 64, 64, generator=gen), torch.randint(0, 3, (4, 64, 64), generator=gen))]
+    ev = OneShotEvaluator(net, calib, val)
+    results = [ev(a) for a in _archs()]
+    assert all(0 <= r.miou <= 1 and r.extra["evaluator"] == "oneshot" and r.train_steps == 0 for r in results)
+    assert all(r.train_images == 8 and r.extra["val_images"] == 4 for r in results)
+    assert ev(_archs()[0]).miou == results[0].miou  # deterministic: same calibration, same score
