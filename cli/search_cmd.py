@@ -9,10 +9,12 @@ from ..spaces.errors import RoutespaceError
 # Settings that define a study; with --resume they default to the stored ones.
 IDENTITY_ARGS = ("preset", "space", "strategy", "max_gflops", "max_params_m", "max_latency_ms", "size", "cells",
                  "seed", "evaluator", "data", "proxy_steps", "proxy_batch", "proxy_val_images", "sim_steps",
-                 "sim_step_seconds", "strategy_option")
+                 "sim_step_seconds", "strategy_option", "supernet", "calibration_batches")
 
 
 def register(sub) -> None:
+    from ..search.evaluator_registry import EVALUATORS
+
     from ..evaluators.data_registry import data_help
     from ..search.strategy import STRATEGIES
     from ..spaces.celltypes import CELL_TYPES
@@ -53,7 +55,11 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an existing study; its stored settings are used for what is not given")
     p.add_argument("--seed", type=int, default=None, help="seed of samplers and proxy training (default 0)")
-    p.add_argument("--evaluator", default=None, choices=("proxy", "synthetic"),
+    p.add_argument("--supernet", default=None, metavar="RUN",
+                   help="with --evaluator oneshot: the trained supernet run folder (`routespace train`, dynamic)")
+    p.add_argument("--calibration-batches", type=int, default=None, metavar="K",
+                   help="with --evaluator oneshot: training batches BN is recalibrated on per candidate (default 4)")
+    p.add_argument("--evaluator", default=None, choices=tuple(EVALUATORS),
                    help="proxy: short training + val mIoU (default); synthetic: closed-form stand-in for "
                    "testing the machinery, no training")
     p.add_argument("--data", default=None, help=f"proxy data set: {data_help()}")
@@ -122,7 +128,19 @@ def build_config(args: argparse.Namespace, base=None):
     )
     stored_eval = dict(b.evaluator) if b else {}
     kind = pick(args.evaluator, stored_eval.get("kind"), "proxy")
-    if kind == "synthetic":
+    if kind != "oneshot" and (args.supernet or args.calibration_batches is not None):
+        raise RoutespaceError("--supernet and --calibration-batches apply to --evaluator oneshot only")
+    if kind == "oneshot":
+        if args.calibration_batches is not None and args.calibration_batches < 1:
+            raise RoutespaceError(f"--calibration-batches must be at least 1, got {args.calibration_batches}")
+        evaluator = {"kind": "oneshot", "supernet": pick(args.supernet, stored_eval.get("supernet"), None),
+                     "calibration_batches": pick(args.calibration_batches, stored_eval.get("calibration_batches", 4), 4),
+                     "batch_size": pick(args.proxy_batch, stored_eval.get("batch_size", 8), 8),
+                     "val_images": pick(args.proxy_val_images, stored_eval.get("val_images", 64), 64)}
+        from ..search.evaluator_registry import check_supernet
+
+        check_supernet(evaluator["supernet"], space)
+    elif kind == "synthetic":
         evaluator = {"kind": "synthetic",
                      "steps": pick(args.sim_steps, stored_eval.get("steps", 0), 0),
                      "step_seconds": pick(args.sim_step_seconds, stored_eval.get("step_seconds", 0.0), 0.0)}

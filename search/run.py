@@ -40,9 +40,12 @@ def validate(config: SearchConfig) -> None:
     """Everything that can be checked before the storage is touched (bad input never reaches it)."""
     strategy_class(config.strategy)  # unknown strategy -> RoutespaceError
     make_strategy(config.strategy, config.seed, config.strategy_options)  # bad options
-    from ..evaluators.proxy import make_evaluator
+    from .evaluator_registry import check_supernet, make_search_evaluator
 
-    make_evaluator(config.evaluator)
+    if config.evaluator.get("kind") == "oneshot":
+        check_supernet(config.evaluator.get("supernet"), config.space)
+    else:
+        make_search_evaluator(config.evaluator)
     check_feasible(config.space, config.arch_budget, config.make_encoding().cell_choices,
                    BudgetChecker(config.arch_budget))
 
@@ -50,10 +53,10 @@ def validate(config: SearchConfig) -> None:
 def run_worker(config: SearchConfig, evaluator=None, worker_index: int = 0,
                progress: Callable | None = None) -> SearchSession:
     """One worker: open the study (it must exist or be creatable), run the strategy until a budget ends."""
-    from ..evaluators.proxy import make_evaluator
+    from .evaluator_registry import make_search_evaluator
 
     study, storage = open_study(config, resume=False)
-    session = SearchSession(config, study, storage, evaluator or make_evaluator(config.evaluator),
+    session = SearchSession(config, study, storage, evaluator or make_search_evaluator(config.evaluator),
                             worker_index=worker_index, progress=progress)
     strategy = make_strategy(config.strategy, config.seed, config.strategy_options)
     try:
