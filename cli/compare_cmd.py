@@ -17,7 +17,9 @@ def _common_flags(p: argparse.ArgumentParser, steps_default: int, out_default: s
     p.add_argument("--out", required=out_default is None, default=out_default,
                    help="run folder" + (f" (default {out_default})" if out_default else ""))
     p.add_argument("--preset", default="tiny", help="space preset (default tiny)")
-    p.add_argument("--data", default="synthetic", help="synthetic (default), cityscapes:PATH or voc:PATH")
+    from ..evaluators.data_registry import data_help
+
+    p.add_argument("--data", default="synthetic", help=data_help())
     p.add_argument("--steps", type=int, default=steps_default, help=f"training steps per net (default {steps_default})")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0); several give mean ± std")
     p.add_argument("--tau", type=float, default=0.5, help="Common keeps edges open on at least this fraction of images (default 0.5)")

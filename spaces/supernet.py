@@ -30,6 +30,7 @@ from .cells import Decoder, Stem, Transition, kaiming_init, make_cell, upsample_
 from .errors import RoutespaceError
 from .keys import edge_key, node_key
 from .layout import GATE_RESOLUTIONS, gate_input_size, gate_outputs
+from .ops import feature_sizes
 from .space import Edge, Node, RoutingSpace
 
 GATE_EPS = 1e-4
@@ -175,8 +176,7 @@ class DynamicNet(nn.Module):
     # --- helpers -------------------------------------------------------------------------------------
     @staticmethod
     def _sizes(x: torch.Tensor) -> list[tuple[int, int]]:
-        h, w = x.shape[-2], x.shape[-1]
-        return [(h // 2 ** (s + 2), w // 2 ** (s + 2)) for s in range(4)]
+        return feature_sizes(x.shape[-2], x.shape[-1])
 
     def _cell(self, node: Node, x: torch.Tensor) -> torch.Tensor:
         y = self.cells[node_key(node)](x)
