@@ -41,7 +41,7 @@ from routespace.spaces.errors import RoutespaceError
 from routespace.spaces.fileio import write_json_atomic
 
 from . import runfolder
-from .checkpoint import capture_rng, load_checkpoint, load_model_state, restore_rng, save_checkpoint
+from .checkpoint import capture_rng, load_checkpoint, load_model_state, load_newest_intact, restore_rng, save_checkpoint
 from .schedule import drop_path_rate, lr_factor
 
 IGNORE_INDEX = 255
@@ -442,7 +442,12 @@ def fit(
         manifest, resume_from = _prepare_folder(out, manifest, resume)
     order = SeededOrder(len(train_set), config.batch_size, config.seed, world, rank)
 
-    state = load_checkpoint(resume_from) if resume_from is not None else None
+    state = None
+    if resume_from is not None:  # the newest checkpoint that loads: a damaged newest one is passed over, with a note
+        candidates = [p for _, p in runfolder.step_checkpoints(out)]
+        if resume_from not in candidates:
+            candidates.append(resume_from)
+        resume_from, state = load_newest_intact(candidates)
     if state is not None:
         _check_checkpoint_matches(state, manifest, resume_from)
         load_model_state(model, state["model"], resume_from)

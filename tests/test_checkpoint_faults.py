@@ -138,8 +138,6 @@ def test_newest_intact_checkpoint_passes_over_a_truncated_one(tmp_path, referenc
     assert load_newest_intact([]) is None
 
 
-@pytest.mark.xfail(strict=True, reason="`train --resume` loads runfolder.latest_checkpoint with load_checkpoint; it "
-                   "must take checkpoint.load_newest_intact over the step files (evaluators/train.py, not edited here)")
 def test_train_resume_passes_over_a_truncated_last_checkpoint(tmp_path, reference):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
