@@ -287,6 +287,9 @@ class SearchSession:
             trial.set_user_attr("latency_ms", verdict.latency_ms)
         for name, value in verdict.constraints.items():
             trial.set_constraint(name, value)
+        if verdict.constraints:  # the list form too: optuna-dashboard (0.21) reads only system_attrs["constraints"]
+            self.study._storage.set_trial_system_attr(trial._trial_id, "constraints",
+                                                      [float(v) for v in verdict.constraints.values()])
         if not verdict.ok:
             trial.set_user_attr("rejected", verdict.reason)
             self.study.tell(trial, state=TrialState.PRUNED)

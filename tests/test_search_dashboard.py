@@ -81,9 +81,6 @@ def test_dashboard_reads_the_user_attributes(study_pages):
     assert [b["number"] for b in detail["best_trials"]] == [best.number]
 
 
-@pytest.mark.xfail(strict=True, reason="optuna-dashboard 0.21.0 reads only Optuna's old list-form system "
-                   "attribute 'constraints'; Optuna 5's Trial.set_constraint (used by routespace) writes "
-                   "'constraints:NAME', so the dashboard shows no constraint values (and every trial feasible)")
 def test_dashboard_shows_the_constraint_values(study_pages):
     trials, _, detail = study_pages
     by_number = {t["number"]: t for t in detail["trials"]}
