@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import shlex
 import signal
 import sys
 import threading
@@ -41,7 +40,7 @@ from routespace.spaces.errors import RoutespaceError
 from routespace.spaces.fileio import write_json_atomic
 
 from . import runfolder
-from .checkpoint import capture_rng, load_checkpoint, load_model_state, load_newest_intact, restore_rng, save_checkpoint
+from .checkpoint import capture_rng, load_model_state, load_newest_intact, restore_rng, save_checkpoint
 from .schedule import drop_path_rate, lr_factor
 
 IGNORE_INDEX = 255
@@ -432,7 +431,8 @@ def fit(
     out = Path(out_dir) if out_dir is not None else None
     world, rank, local = _dist_env()
     device = resolve_device(config.device, local)
-    command = meta.get("command") or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    # the library never reads sys.argv: the CLI passes its command line in meta
+    command = meta.get("command") or f"routespace.evaluators.train.fit({type(model).__name__}, ...)"
     manifest = runfolder.new_manifest(
         command=command, seed=config.seed, config=config.to_dict(), kind=meta["kind"], spec=meta.get("spec"),
         extra=meta.get("extra") or {}, world_size=world,

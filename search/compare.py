@@ -13,7 +13,6 @@ import json
 import math
 import os
 import random
-import shlex
 import shutil
 import sys
 import time
@@ -301,7 +300,7 @@ def compare(
     _check_folder(out, settings, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / "rows").mkdir(exist_ok=True)
-    command = command or shlex.join(["routespace", *sys.argv[1:]])
+    command = command or "routespace.search.compare.compare(...)"  # the CLI passes its command line
     manifest = {"command": command, "settings": settings.to_dict(), "versions": runfolder.versions(), "status": "running"}
     write_json_atomic(out / MANIFEST, manifest)
     space, size, _, val_set = _datasets(settings)

@@ -31,7 +31,7 @@ from .errors import RoutespaceError
 from .keys import edge_key, node_key
 from .layout import GATE_RESOLUTIONS, gate_input_size, gate_outputs
 from .ops import feature_sizes
-from .space import Edge, Node, RoutingSpace
+from .space import Node, RoutingSpace
 
 GATE_EPS = 1e-4
 GATE_BIAS_INIT = 1.5
