@@ -29,6 +29,9 @@ def register(sub) -> None:
         "when resuming are taken from the run folder.",
     )
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (created; holds manifest, history, checkpoints)")
+    p.add_argument("--config", default=None, metavar="FILE|NAME",
+                   help="settings from a YAML file (`routespace config dump RUN` writes one) or a bundled config "
+                   "(`routespace config list`); explicit flags override it")
     p.add_argument("--preset", choices=("tiny", "paper"), default=None, help="space preset and its training defaults (default tiny)")
     p.add_argument("--arch", default=None, metavar="SPEC",
                    help="train a static net instead: an architecture spec JSON file or a classic name (e.g. unet)")
@@ -75,10 +78,6 @@ def register(sub) -> None:
     p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events (default: RUN/tb/ when "
                    "tensorboard is installed)")
     p.set_defaults(func=run)
-
-
-_CONFIG_FLAGS = ("steps", "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "grad_clip", "gate_lr_mult",
-                 "drop_path", "seed", "checkpoint_every", "num_workers", "device")
 
 
 _BUDGET_FLAGS = ("budget_mu", "budget_gflops", "budget_lambda", "budget_warmup", "budget_ramp", "budget_mode")
@@ -180,28 +179,35 @@ def _budget(args: argparse.Namespace, prev: dict, space, size, gate_resolution: 
     }
 
 
-def _load_arch(text: str, space):
-    from ..spaces.architecture import load_architecture
+def _load_arch(text: str | dict, space):
+    from ..spaces.architecture import Architecture, load_architecture
     from ..spaces.classics import CLASSICS, classic
 
-    if text in CLASSICS:
+    if isinstance(text, dict):  # a spec mapping from a config file
+        arch = Architecture.from_dict(text)
+    elif text in CLASSICS:
         return classic(text, space)
-    if not Path(text).is_file():
+    elif not Path(text).is_file():
         raise RoutespaceError(f"--arch {text!r} is neither a spec file nor a classic ({', '.join(CLASSICS)})")
-    arch = load_architecture(text)
+    else:
+        arch = load_architecture(text)
     if arch.space.num_classes != space.num_classes:
         raise RoutespaceError(
-            f"spec {text} predicts {arch.space.num_classes} classes but the data set has {space.num_classes}"
+            f"spec {'of the config' if isinstance(text, dict) else text} predicts {arch.space.num_classes} classes but the data set has {space.num_classes}"
         )
     return arch
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config is not None:  # the file's settings become the defaults of the flags not given
+        from .config_cmd import apply_config
+
+        apply_config(args)
     _check_flags(args)
     import torch
 
     from ..evaluators.datasets import load_dataset
-    from ..evaluators.train import fit, preset_config
+    from ..evaluators.train import TrainConfig, fit, preset_config
     from ..search.dynamic.budget import make_budget_loss
     from ..spaces.architecture import Architecture
     from ..spaces.space import parse_size, preset
@@ -231,7 +237,9 @@ def run(args: argparse.Namespace) -> int:
     budget = _budget(args, prev, space, val_size, gate_resolution)  # GFLOPs as `routespace evaluate` reports them
 
     prev_cfg = prev.get("config", {})
-    overrides = {f: _pick(getattr(args, f), prev_cfg.get(f), None) for f in _CONFIG_FLAGS}
+    # every TrainConfig field: the flags, and those only a config file sets (momentum, poly_power, keep_checkpoints)
+    overrides = {f.name: _pick(getattr(args, f.name, None), prev_cfg.get(f.name), None)
+                 for f in dataclasses.fields(TrainConfig)}
     config = preset_config(preset_name, **overrides)
     if args.checkpoint_every is None and "checkpoint_every" not in prev_cfg:
         config = dataclasses.replace(config, checkpoint_every=max(1, config.steps // 20))

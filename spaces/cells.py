@@ -20,8 +20,9 @@ from .space import RoutingSpace, edge_kind
 def upsample_to(x: torch.Tensor, size: tuple[int, int] | list[int] | torch.Size) -> torch.Tensor:
     """Bilinear resampling to an exact target size (safe for sizes that are not powers of two).
 
-    While tracing, the size stays a traced value, so exported graphs follow the input size."""
-    if not torch.jit.is_tracing():
+    While tracing or exporting (torch.export), the size stays a traced/symbolic value, so exported graphs
+    follow the input size."""
+    if not (torch.jit.is_tracing() or torch.compiler.is_exporting()):
         size = (int(size[0]), int(size[1]))
     return F.interpolate(x, size=(size[0], size[1]), mode="bilinear", align_corners=False)
 

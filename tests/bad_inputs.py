@@ -144,6 +144,23 @@ def _other_comparison(folder: Path) -> None:
     (out / "comparison-manifest.json").write_text(json.dumps({"settings": {"preset": "tiny", "steps": 999}, "status": "done"}))
 
 
+def _text(name: str, text: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).write_text(text)
+
+
+def _dynamic_state_dict(folder: Path) -> None:
+    """A dynamic net's state-dict export (a 2-layer supernet, untrained)."""
+    import torch
+
+    from routespace.spaces.exports import export
+    from routespace.spaces.space import RoutingSpace
+    from routespace.spaces.supernet import DynamicNet
+
+    torch.manual_seed(0)
+    export(DynamicNet(RoutingSpace(layers=2, base_channels=4, num_classes=3, input_size=(64, 64))), "state_dict",
+           folder / "dynamic.pt")
+
+
 FIXTURES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "malformed.json": ("a spec cut off after 70 characters", _malformed),
     "latin1.json": ("a spec saved as Latin-1 (not UTF-8)", _latin1),
@@ -165,6 +182,19 @@ FIXTURES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "run/ (checkpoint with code)": ("an unfinished training run whose latest checkpoint pickles a call to os.system",
                                     _run_with_checkpoint(_pickle_with_code)),
     "comparison/": ("a comparison folder made with other settings (`--steps 999`)", _other_comparison),
+    "typo.yaml": ("a config with the key `stepz: 10`", _text("typo.yaml", "preset: tiny\nstepz: 10\n")),
+    "train-typo.yaml": ("a config whose `train` section has `stepz: 10`", _text("train-typo.yaml", "train:\n  stepz: 10\n")),
+    "steps-ten.yaml": ("a config with `train: {steps: ten}`", _text("steps-ten.yaml", "train:\n  steps: ten\n")),
+    "mu-high.yaml": ("a config with `budget: {mu: high}`", _text("mu-high.yaml", "setting: A\nbudget:\n  mu: high\n")),
+    "steps-zero.yaml": ("a config with `train: {steps: 0}`", _text("steps-zero.yaml", "train:\n  steps: 0\n")),
+    "broken.yaml": ("a config with an unclosed bracket (`preset: [tiny`)", _text("broken.yaml", "preset: [tiny\nsetting: A\n")),
+    "list.yaml": ("a config that is a YAML list", _text("list.yaml", "- preset: tiny\n- setting: A\n")),
+    "empty.yaml": ("an empty config file", _text("empty.yaml", "")),
+    "twice.yaml": ("a config giving `preset` twice", _text("twice.yaml", "preset: tiny\nsetting: A\npreset: paper\n")),
+    "raw.yaml": ("a config with `setting: raw`", _text("raw.yaml", "setting: raw\n")),
+    "arch-and-setting.yaml": ("a config with both `arch: unet` and `setting: A`",
+                              _text("arch-and-setting.yaml", "arch: unet\nsetting: A\n")),
+    "dynamic.pt": ("a dynamic net's state-dict export (`export RUN --format state_dict`)", _dynamic_state_dict),
 }
 
 # --- the cases ----------------------------------------------------------------------------------------------
@@ -245,6 +275,48 @@ CASES: list[Case] = [
     Case("compare into a folder holding other files", ("compare", "--out", "{dir}/notes", "--steps", "4"),
          "is not empty and holds no comparison", ("notes/",)),
     Case("unknown dynamic setting", ("compare", "--out", "{dir}/comparison", "--dynamic", "D"), "unknown dynamic setting 'D'"),
+    # config files (`train --config`, `config dump`)
+    Case("unknown key in a config", ("train", "--out", "{dir}/run", "--config", "{dir}/typo.yaml"),
+         "config {dir}/typo.yaml: unknown key 'stepz': allowed are preset, data", ("typo.yaml",)),
+    Case("unknown training setting in a config", ("train", "--out", "{dir}/run", "--config", "{dir}/train-typo.yaml"),
+         "unknown key 'stepz' in train: allowed are steps, batch_size", ("train-typo.yaml",)),
+    Case("config value of the wrong type", ("train", "--out", "{dir}/run", "--config", "{dir}/steps-ten.yaml"),
+         "train.steps must be an integer, got 'ten'", ("steps-ten.yaml",)),
+    Case("config budget that is not a number", ("train", "--out", "{dir}/run", "--config", "{dir}/mu-high.yaml"),
+         "budget.mu must be a number, got 'high'", ("mu-high.yaml",)),
+    Case("config value out of range", ("train", "--out", "{dir}/run", "--config", "{dir}/steps-zero.yaml"),
+         "train: training setting 'steps' must be at least 1", ("steps-zero.yaml",)),
+    Case("config that is not YAML", ("train", "--out", "{dir}/run", "--config", "{dir}/broken.yaml"),
+         "config {dir}/broken.yaml is not valid YAML (line 2", ("broken.yaml",)),
+    Case("config that is not a mapping", ("train", "--out", "{dir}/run", "--config", "{dir}/list.yaml"),
+         "is not a mapping of settings but a list", ("list.yaml",)),
+    Case("empty config", ("train", "--out", "{dir}/run", "--config", "{dir}/empty.yaml"), "config {dir}/empty.yaml is empty",
+         ("empty.yaml",)),
+    Case("config giving a key twice", ("train", "--out", "{dir}/run", "--config", "{dir}/twice.yaml"),
+         "key 'preset' is given twice (line 3)", ("twice.yaml",)),
+    Case("config file that does not exist", ("train", "--out", "{dir}/run", "--config", "{dir}/nothere.yaml"),
+         "config file {dir}/nothere.yaml does not exist, and no bundled config is called so (bundled: paper-dynamic-A"),
+    Case("config that is a folder", ("train", "--out", "{dir}/run", "--config", "{dir}/notes"), "is a folder: give a YAML file",
+         ("notes/",)),
+    Case("budget flag on a config with setting raw", ("train", "--out", "{dir}/run", "--config", "{dir}/raw.yaml",
+                                                      "--budget-mu", "0.3"),
+         "has setting raw (no budget), so --budget-mu is ambiguous: add --setting A, B or C", ("raw.yaml",)),
+    Case("config with a static arch and a dynamic setting", ("train", "--out", "{dir}/run", "--config",
+                                                             "{dir}/arch-and-setting.yaml"),
+         "arch (a static net) and setting (the dynamic net's) exclude each other", ("arch-and-setting.yaml",)),
+    Case("config dump of a folder that is not a run", ("config", "dump", "{dir}/notes"), "is not a training run folder",
+         ("notes/",)),
+    Case("config dump of a run without train settings", ("config", "dump", "{dir}/static-run"),
+         "was not made by `routespace train`", ("static-run/",)),
+    Case("config show of an unknown bundled name", ("config", "show", "paper-dynamic-D"),
+         "config file paper-dynamic-D does not exist, and no bundled config is called so"),
+    # dynamic-net exports
+    Case("dynamic net exported as a graph", ("export", "{dir}/dynamic.pt", "--format", "json", "-o", "{dir}/d.json"),
+         "the dynamic net has no single architecture to write as a graph", ("dynamic.pt",)),
+    Case("dynamic net exported as TorchScript", ("export", "{dir}/dynamic.pt", "--format", "torchscript", "-o", "{dir}/d.pt"),
+         "not TorchScript: use --format export or onnx", ("dynamic.pt",)),
+    Case("dynamic net drawn as an architecture", ("show", "{dir}/dynamic.pt", "-o", "{dir}/d.png"),
+         "holds a dynamic net, which has no single architecture", ("dynamic.pt",)),
     # search
     Case("unknown search strategy", ("search", "--out", "{dir}/search", "--strategy", "bayes"), "unknown strategy 'bayes'"),
     Case("search budget below the cheapest architecture", ("search", "--out", "{dir}/search", "--max-gflops", "0.000001",

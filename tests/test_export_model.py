@@ -71,7 +71,8 @@ def exported(tmp_path_factory):
     return root, cases
 
 
-RUNNER = textwrap.dedent(
+# The start of every script that loads exported models: routespace cannot be imported from here on.
+BLOCKER = textwrap.dedent(
     """
     import json, sys
     class _Block:
@@ -84,6 +85,29 @@ RUNNER = textwrap.dedent(
         print(json.dumps({"error": "routespace importable"})); sys.exit(3)
     except ImportError:
         pass
+    """
+)
+
+
+def run_without_routespace(script_body: str, args: list[str], tmp_path) -> dict:
+    """Run BLOCKER + ``script_body`` (which fills a dict ``out``) in a fresh interpreter (``-I``, one thread);
+    returns ``out``, after checking that no routespace module was loaded."""
+    script = tmp_path / "run_exports.py"
+    script.write_text(BLOCKER + textwrap.dedent(script_body) + textwrap.dedent(
+        """
+        out["routespace_loaded"] = any(m.startswith("routespace") for m in sys.modules)
+        print(json.dumps(out))
+        """))
+    proc = subprocess.run([sys.executable, "-I", str(script), *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not out["routespace_loaded"]
+    return out
+
+
+RUNNER = textwrap.dedent(
+    """
     import os
     import numpy as np, onnx, onnxruntime as ort, torch
     torch.set_num_threads(1)
@@ -116,24 +140,14 @@ RUNNER = textwrap.dedent(
                 rel(name, "export", m["export"](torch.from_numpy(x)).numpy(), y)
         (res,) = m["onnx"].run(["logits"], {"image": x})
         rel(name, "onnx", res, y)
-    out["routespace_loaded"] = any(m.startswith("routespace") for m in sys.modules)
-    print(json.dumps(out))
     """
 )
 
 
 def test_exports_run_without_routespace(exported, tmp_path):
     root, cases = exported
-    script = tmp_path / "run_exports.py"
-    script.write_text(RUNNER)
-    proc = subprocess.run(
-        [sys.executable, "-I", str(script), str(root), json.dumps(cases)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_without_routespace(RUNNER, [str(root), json.dumps(cases)], tmp_path)
     print("max |export - eager| / max |eager|:", {f: max(out[f]) for f in SUFFIX}, "abs:", out["abs"])
-    assert not out["routespace_loaded"]
     assert len(out["torchscript"]) == len(out["onnx"]) == len(cases) == 6 and len(out["export"]) == 3
     assert max(out["torchscript"]) <= 1e-6, out["torchscript"]
     assert max(out["export"]) <= 1e-6, out["export"]
@@ -169,7 +183,7 @@ def test_onnx_falls_back_to_the_torchscript_exporter(tmp_path, monkeypatch):
 
 def test_blocker_really_blocks(tmp_path):
     """The check above would be meaningless if routespace could still be imported under the hook."""
-    code = RUNNER.split("import numpy")[0] + "print('blocked')\n"
+    code = BLOCKER + "print('blocked')\n"
     proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "blocked"
     probe = subprocess.run([sys.executable, "-I", "-c", "import routespace.spaces; print('ok')"], cwd=tmp_path,

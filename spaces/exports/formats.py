@@ -12,6 +12,7 @@ from ..errors import RoutespaceError
 
 if TYPE_CHECKING:  # torch is imported only when a model is built or exported
     from ..builder import StaticNet
+    from ..supernet import DynamicNet
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class ExportFormat:
     suffix: str
     kind: str
     help: str
-    write: Callable[[Architecture | StaticNet, Path, tuple[int, int] | None, int], str]
+    write: Callable[[Architecture | StaticNet | DynamicNet, Path, tuple[int, int] | None, int], str]
 
 
 def _write_json(model, path, size, seed) -> str:
@@ -93,11 +94,16 @@ MODEL_FORMATS = tuple(n for n, f in FORMATS.items() if f.kind == "model")
 SUFFIXES = {n: f.suffix for n, f in FORMATS.items()}
 
 
-def _arch(model: Architecture | StaticNet) -> Architecture:
-    return model if isinstance(model, Architecture) else model.arch
+def _arch(model: Architecture | StaticNet | DynamicNet) -> Architecture:
+    if isinstance(model, Architecture):
+        return model
+    if not hasattr(model, "arch"):  # the dynamic supernet: every route is a different architecture
+        raise RoutespaceError("the dynamic net has no single architecture to write as a graph: export it as a model "
+                              "(--format export, onnx or state_dict), or its Common net (routespace extract, then export)")
+    return model.arch
 
 
-def _net(model: Architecture | StaticNet, seed: int) -> StaticNet:
+def _net(model: Architecture | StaticNet | DynamicNet, seed: int) -> StaticNet | DynamicNet:
     """``model`` itself if it is a net, else the Architecture built with weights seeded by ``seed``."""
     if not isinstance(model, Architecture):
         return model
@@ -125,7 +131,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 
 def write_export(
-    model: Architecture | StaticNet,
+    model: Architecture | StaticNet | DynamicNet,
     fmt: str,
     path: str | os.PathLike,
     size: tuple[int, int] | None = None,
@@ -143,7 +149,7 @@ def write_export(
 
 
 def export(
-    model: Architecture | StaticNet,
+    model: Architecture | StaticNet | DynamicNet,
     fmt: str,
     path: str | os.PathLike,
     size: tuple[int, int] | None = None,
@@ -154,6 +160,8 @@ def export(
     An Architecture given for a model format is built with freshly initialised weights
     (``torch.manual_seed(seed)``); pass a trained StaticNet to export its weights. ``size`` is the
     example input used for tracing (default 64x64); the exported graph accepts any H, W multiple of 32.
+    A :class:`DynamicNet` goes to ``export``, ``onnx`` (its dense masked forward with the gates, logits
+    only) and ``state_dict``.
     """
     return write_export(model, fmt, path, size, seed)[0]
 
@@ -182,24 +190,37 @@ def import_architecture(path: str | os.PathLike, fmt: str | None = None) -> Arch
     if fmt == "graphml":
         return read_graphml(str(path))
     if fmt == "state_dict":
-        return load_state_dict(path).arch
+        net = load_state_dict(path)
+        if not hasattr(net, "arch"):
+            raise RoutespaceError(f"{path} holds a dynamic net, which has no single architecture: "
+                                  "use routespace extract on its run for the Common architecture")
+        return net.arch
     raise RoutespaceError(f"cannot import format {fmt!r}: choose one of json, nodelink, graphml, state_dict")
 
 
-def resolve_target(target: str, preset_name: str | None):
-    """An Architecture (spec file or classic) or a StaticNet (state-dict export) for ``target``."""
+def resolve_target(target: str, preset_name: str | None, dynamic: bool = False):
+    """An Architecture (spec file or classic), a StaticNet (state-dict export) or, with ``dynamic``, also a
+    trained net of a run folder (static or dynamic) or a DynamicNet (dynamic state-dict export)."""
     from ..classics import CLASSICS, classic
     from ..space import preset
 
     path = Path(target)
     if path.is_dir():
-        raise RoutespaceError(f"{target} is a folder: give a spec file or a classic name")
+        if dynamic and (path / "manifest.json").is_file():
+            from ...evaluators.evaluate import load_run_model
+
+            return load_run_model(path)[0].eval()
+        raise RoutespaceError(f"{target} is a folder: give a spec file{', a run folder' if dynamic else ''} or a classic name")
     if path.is_file():
         from ..architecture import load_architecture
         from .model import is_state_dict_file, load_state_dict
 
         if is_state_dict_file(path):
-            return load_state_dict(path)
+            net = load_state_dict(path)
+            if not dynamic and not hasattr(net, "arch"):
+                raise RoutespaceError(f"{target} holds a dynamic net, which has no single architecture: "
+                                      "give its run folder, or a spec file")
+            return net
         if preset_name and path.suffix.lower() == ".json" and b"routespace.architecture.graph" not in path.read_bytes()[:1_000_000]:
             return load_architecture(str(path), preset(preset_name))
         return import_architecture(path)
