@@ -51,11 +51,16 @@ def register(sub) -> None:
     b.add_argument("--budget-warmup", type=float, default=None, metavar="FRAC", help=f"fraction of training before the budget loss starts (default {DEFAULT_WARMUP})")
     b.add_argument("--budget-ramp", type=float, default=None, metavar="FRAC", help=f"fraction of training over which it ramps to full lambda (default {DEFAULT_RAMP})")
     b.add_argument("--no-budget", action="store_true", help="train without the budget loss")
+    b.add_argument("--sampling", default=None, choices=("gates", "uniform"),
+                   help="gates: the dynamic net's own soft gates (default); uniform: a uniformly drawn single path "
+                   "per image and step (SPOS), a supernet for one-shot search scoring (no budget)")
     b.add_argument("--fixed-lambda", action="store_true",
                    help="keep lambda fixed in realised mode (default there: adaptive, raised while the realised FLOPs are "
                    "above the target; paper mode always keeps it fixed)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", default=None, help="synthetic (default), synthetic:small, synthetic:large, cityscapes:PATH or voc:PATH")
+    from ..evaluators.data_registry import data_help
+
+    d.add_argument("--data", default=None, help=data_help())
     d.add_argument("--val-size", default=None, metavar="HxW",
                    help="validation size used by `routespace evaluate` (default: synthetic data at the training size, "
                    "real data at the preset's input size, e.g. 1024x2048)")
@@ -102,7 +107,9 @@ def _check_flags(args: argparse.Namespace) -> None:
     if args.setting == "raw" and budget_given:
         raise RoutespaceError(f"--setting raw has no budget, so --{budget_given[0].replace('_', '-')} is ambiguous: "
                               "use --setting A, B or C (or no setting) with budget flags")
-    if args.arch and (budget_given or args.no_budget or args.setting or args.gate_resolution):
+    if args.sampling == "uniform" and (budget_given or (args.setting and args.setting != "raw")):
+        raise RoutespaceError("--sampling uniform trains without a budget: leave out the budget flags and --setting")
+    if args.arch and (budget_given or args.no_budget or args.setting or args.gate_resolution or args.sampling):
         raise RoutespaceError("budget, setting and gate flags apply to the dynamic net only: leave them out with --arch")
     if args.budget_mu is not None and args.budget_gflops is not None:
         raise RoutespaceError("give either --budget-mu or --budget-gflops, not both")
@@ -140,6 +147,8 @@ def _pick(explicit, previous, default):
 def _setting_name(args: argparse.Namespace, prev: dict) -> str:
     if args.setting is not None:
         return args.setting
+    if (args.sampling or prev.get("sampling")) == "uniform":
+        return "raw"
     if prev.get("setting"):
         return prev["setting"]
     if args.no_budget or (prev and prev.get("budget", "unset") is None):
@@ -260,7 +269,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..spaces.supernet import DynamicNet
 
-        model = DynamicNet(space, gate_resolution=gate_resolution)
+        sampling = _pick(args.sampling, prev.get("sampling"), "gates")
+        if sampling == "uniform":
+            from ..search.dynamic.sampling import UniformPathNet
+
+            model = UniformPathNet(space, gate_resolution=gate_resolution)
+        else:
+            model = DynamicNet(space, gate_resolution=gate_resolution)
         kind, spec = "dynamic", model.spec()
     extra_loss = None
     if budget is not None:
@@ -268,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
                                       budget["ramp"], adaptive=budget["adaptive"])
     cli = {"preset": preset_name, "data": data, "size": list(size), "val_size": list(val_size), "budget": budget,
            "arch": arch.to_dict() if arch is not None else None, "setting": setting_name,
-           "gate_resolution": gate_resolution}
+           "gate_resolution": gate_resolution, "sampling": None if arch is not None else sampling}
     meta = {
         "kind": kind, "spec": spec, "extra": {"cli": cli},
         "command": shlex.join(["routespace", "train", *_argv(args)]),

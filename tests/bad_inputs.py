@@ -89,6 +89,17 @@ def _static_run(folder: Path) -> None:
     }))
 
 
+def _other_space_supernet(folder: Path) -> None:
+    """The manifest of a dynamic run of a space with 5 layers (the tiny preset has 8)."""
+    run = folder / "supernet-5"
+    run.mkdir()
+    space = dict(_spec()["space"], layers=5)
+    (run / "manifest.json").write_text(json.dumps({
+        "format": "routespace-run", "version": 1, "kind": "dynamic", "status": "done", "step": 4,
+        "spec": {"space": space, "gate_resolution": "full"}, "config": {}, "extra": {}, "command": "routespace train",
+    }))
+
+
 _TEMPLATE: list[Path] = []
 
 
@@ -118,8 +129,9 @@ def _run_with_checkpoint(data: Callable[[Path], None]) -> Callable[[Path], None]
 
         run = folder / "run"
         shutil.copytree(trained_run_template(), run)
-        (run / "checkpoints" / "final.pt").unlink()  # an unfinished run: --resume takes the latest step file
-        data(sorted((run / "checkpoints").glob("step-*.pt"))[-1])
+        (run / "checkpoints" / "final.pt").unlink()  # an unfinished run: --resume takes the newest step file that loads
+        for path in sorted((run / "checkpoints").glob("step-*.pt")):  # every one damaged: nothing to resume from
+            data(path)
     return make
 
 
@@ -177,9 +189,10 @@ FIXTURES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "layers.json": ("a spec whose space has 100000 layers", _layers),
     "notes/": ("a folder holding a text file", _not_a_run),
     "static-run/": ("the run folder of a static net (`train --arch`)", _static_run),
-    "run/ (truncated checkpoint)": ("an unfinished training run whose latest checkpoint was cut in half",
+    "supernet-5/": ("the run folder of a dynamic net of a 5-layer space", _other_space_supernet),
+    "run/ (truncated checkpoint)": ("an unfinished training run whose checkpoints were all cut in half",
                                     _run_with_checkpoint(_truncate)),
-    "run/ (checkpoint with code)": ("an unfinished training run whose latest checkpoint pickles a call to os.system",
+    "run/ (checkpoint with code)": ("an unfinished training run whose checkpoints pickle a call to os.system",
                                     _run_with_checkpoint(_pickle_with_code)),
     "comparison/": ("a comparison folder made with other settings (`--steps 999`)", _other_comparison),
     "typo.yaml": ("a config with the key `stepz: 10`", _text("typo.yaml", "preset: tiny\nstepz: 10\n")),
@@ -323,6 +336,16 @@ CASES: list[Case] = [
                                                            "--evaluator", "synthetic"), "is below the cheapest architecture"),
     Case("negative search budget", ("search", "--out", "{dir}/search", "--max-gflops", "-1"), "--max-gflops must be a positive number"),
     Case("zero trials", ("search", "--out", "{dir}/search", "--trials", "0"), "--trials must be a positive integer"),
+    Case("one-shot search without a supernet", ("search", "--out", "{dir}/search", "--evaluator", "oneshot"),
+         "--evaluator oneshot needs --supernet RUN"),
+    Case("one-shot supernet folder that does not exist", ("search", "--out", "{dir}/search", "--evaluator", "oneshot",
+         "--supernet", "{dir}/nothing"), "is not a training run folder"),
+    Case("one-shot supernet that is a static net", ("search", "--out", "{dir}/search", "--evaluator", "oneshot",
+         "--supernet", "{dir}/static-run"), "holds a static net, not a dynamic supernet", needs=("static-run/",)),
+    Case("one-shot supernet of another space", ("search", "--out", "{dir}/search", "--preset", "tiny", "--evaluator", "oneshot",
+         "--supernet", "{dir}/supernet-5"), "is a supernet of another space", needs=("supernet-5/",)),
+    Case("--supernet without the one-shot evaluator", ("search", "--out", "{dir}/search", "--supernet", "{dir}/x"),
+         "--supernet and --calibration-batches apply to --evaluator oneshot only"),
     Case("storage URL that cannot be opened (SQLite in a missing folder)",
          ("search", "--out", "{dir}/search", "--storage", "sqlite:///{dir}/missing/study.db", "--evaluator", "synthetic"),
          "cannot open storage sqlite:///{dir}/missing/study.db"),

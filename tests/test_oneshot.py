@@ -73,3 +73,40 @@ def test_evaluator_scores_and_reports_its_cost():
     assert all(0 <= r.miou <= 1 and r.extra["evaluator"] == "oneshot" and r.train_steps == 0 for r in results)
     assert all(r.train_images == 8 and r.extra["val_images"] == 4 for r in results)
     assert ev(_archs()[0]).miou == results[0].miou  # deterministic: same calibration, same score
+
+
+def test_uniform_supernet_and_a_oneshot_search_from_the_cli(tmp_path, capsys):
+    """`train --sampling uniform` trains a supernet whose steps draw one path per image; `search --evaluator
+    oneshot --supernet RUN` scores candidates with it: every trial records the one-shot evaluator, its mIoU
+    and cost, and no proxy training."""
+    import json
+
+    import optuna
+
+    from routespace.cli.main import main
+    from routespace.search.dynamic.sampling import UniformPathNet
+
+    net = UniformPathNet(SPACE).train()
+    torch.manual_seed(3)
+    gates = net.sample_gates(5)
+    for i in range(5):  # each image's forced gates are one valid single path: one open edge per layer
+        open_edges = [k for n, ks in net.out_keys.items() for j, k in enumerate(ks) if gates[n][i, j] > 0 and k[0] != "out"]
+        assert sorted(e[0] for e in open_edges) == list(range(1, SPACE.layers + 1))
+
+    sup = tmp_path / "sup"
+    assert main(["train", "--out", str(sup), "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--size", "32x32",
+                 "--sampling", "uniform", "--threads", "1"]) == 0
+    manifest = json.loads((sup / "manifest.json").read_text())
+    assert manifest["spec"]["sampling"] == "uniform" and manifest["extra"]["cli"]["budget"] is None
+    out = tmp_path / "search"
+    assert main(["search", "--out", str(out), "--preset", "tiny", "--evaluator", "oneshot", "--supernet", str(sup),
+                 "--strategy", "random", "--trials", "3", "--max-gflops", "0.004", "--proxy-val-images", "4",
+                 "--calibration-batches", "1", "--threads", "1"]) == 0
+    capsys.readouterr()
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and "miou" in t.user_attrs]
+    assert len(done) >= 3
+    for t in done:
+        assert t.user_attrs["evaluator"]["evaluator"] == "oneshot" and t.user_attrs["train_steps"] == 0
+        assert 0 <= t.user_attrs["miou"] <= 1 and t.user_attrs["gflops"] <= 0.004 and "spec" in t.user_attrs
+        assert t.user_attrs["eval_seconds"] > 0
