@@ -135,7 +135,7 @@ def analyse(run: str, sizes: list[tuple[int, int]], repeats: int) -> dict:
     y = torch.stack([val[i][1] for i in range(8)])
     y = torch.nn.functional.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long().clamp(max=model.space.num_classes - 1)
     with torch.no_grad():
-        learned = {n: g for n, g in _learned_gates(model, x).items()}
+        learned = _learned_gates(model, x)
     ones = {n: torch.ones(8, len(k)) for n, k in model.out_keys.items()}
     budget_ms, open_ms = _train_step_ms(model, x, y, learned, repeats // 3 or 3), _train_step_ms(model, x, y, ones, repeats // 3 or 3)
     result["train_step_budget_over_all_open"] = round(budget_ms / open_ms, 3)
@@ -145,14 +145,10 @@ def analyse(run: str, sizes: list[tuple[int, int]], repeats: int) -> dict:
 
 def _learned_gates(model, x) -> dict:
     """The net's own gate values on ``x`` per node (N, k), for a training step with the routes it learned."""
-    out = model.eval()(x)
-    return {n: torch_stack([out.edge_gates[k] for k in keys]) for n, keys in model.out_keys.items()}
-
-
-def torch_stack(cols):
     import torch
 
-    return torch.stack(cols, 1)
+    out = model.eval()(x)
+    return {n: torch.stack([out.edge_gates[k] for k in keys], 1) for n, keys in model.out_keys.items()}
 
 
 def main() -> None:
