@@ -66,7 +66,6 @@ def _profile(fn, xs, latency_ms: float) -> dict:
 
 
 def _train_step_ms(model, x, y, override, repeats: int) -> float:
-    import torch
     import torch.nn.functional as F
 
     model.train()
