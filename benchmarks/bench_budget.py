@@ -52,11 +52,13 @@ def analyse(run: Path) -> dict:
 
     torch.set_num_threads(1)
     from routespace.evaluators.evaluate import evaluate, load_run_model
+    from routespace.evaluators.runrecord import RunSettings
     from routespace.evaluators.synthetic import embedded_default
 
     model, manifest, _ = load_run_model(run)
     res = evaluate(model, embedded_default("val"), batch_size=8, latency_repeats=0)
-    budget = manifest.get("extra", {}).get("cli", {}).get("budget") or {}
+    record = RunSettings.of(manifest, str(run))
+    budget = record.budget.to_dict() if record.budget is not None else {}
     per_image = res["per_image_gflops"]
     return {
         "miou": res["miou"],

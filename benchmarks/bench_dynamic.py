@@ -125,9 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.run:
         from routespace.evaluators.datasets import load_dataset
         from routespace.evaluators.evaluate import evaluate, load_run_model
+        from routespace.evaluators.runrecord import RunSettings
 
         model, manifest, _ = load_run_model(args.run)
-        cli = manifest.get("extra", {}).get("cli", {})
+        cli = RunSettings.of(manifest, str(args.run)).to_dict()
         val = load_dataset(cli.get("data", "synthetic"), "val", size=tuple(cli["size"]) if cli.get("size") else None)
         r = evaluate(model, val, device="cpu", latency_repeats=args.repeats, latency_images=args.images)
         figures.update({k: r[k] for k in ("miou", "gflops_mean", "gflops_std", "gflops_all_open", "body_gflops_mean",

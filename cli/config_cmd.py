@@ -338,8 +338,11 @@ def apply_config(args: argparse.Namespace) -> None:
 # --- `routespace config dump` -----------------------------------------------------------------------------
 def config_of_manifest(manifest: dict, source: str) -> dict:
     """The config mapping of a `routespace train` run's manifest (its config and extra.cli settings)."""
-    cli = (manifest.get("extra") or {}).get("cli")
-    if not isinstance(cli, dict):
+    from ..evaluators.runrecord import RunSettings
+
+    record = RunSettings.from_manifest(manifest, source)
+    cli = record.to_dict() if record is not None else None
+    if cli is None:
         raise RoutespaceError(f"{source} was not made by `routespace train` (its manifest has no train settings), "
                               "so it has no config to dump")
     budget = cli.get("budget")

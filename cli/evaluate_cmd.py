@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 # Printed in this order (when present), with labels; everything else is in --json.
 _ROWS = [
@@ -55,45 +54,18 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..spaces.errors import RoutespaceError
-
-    if args.batch_size < 1 or args.latency_repeats < 0 or args.latency_images < 1:
-        raise RoutespaceError("--batch-size and --latency-images must be >= 1, --latency-repeats >= 0")
     import torch
 
-    from ..evaluators.datasets import load_dataset
-    from ..evaluators.evaluate import evaluate, load_run_model
-    from ..evaluators.tensorboard import open_writer
-    from ..spaces.fileio import write_json_atomic
+    from ..search.steps import evaluate_run
     from ..spaces.space import parse_size
+    from .threads import announce
 
-    model, manifest, state = load_run_model(args.run, args.checkpoint)
-    cli = manifest.get("extra", {}).get("cli", {})
-    data = args.data or cli.get("data") or "synthetic"
-    size = parse_size(args.size) if args.size else tuple(cli.get("val_size") or cli.get("size") or ()) or None
-    val_set = load_dataset(data, "val", size=size)
-    # TensorBoard events mirror evaluation.json: written for the run's final checkpoint only
-    writer = open_writer(args.run, enabled=not (args.no_tensorboard or args.checkpoint))
-    step = int(state["step"])
-    with writer:
-        from .threads import announce
-
-        announce(args)
-        result = evaluate(model, val_set, batch_size=args.batch_size, device=args.device,
-                          latency_repeats=args.latency_repeats, latency_images=args.latency_images,
-                          writer=writer, step=step)
-        if writer.enabled and manifest.get("kind") == "dynamic":
-            from ..evaluators.plots.show import show
-            from ..evaluators.tensorboard import figure_to_chw
-
-            writer.image("eval/routes", figure_to_chw(show(args.run, what="routes")), step)
-    result.update(run=str(args.run), kind=manifest.get("kind"), data=data, step=step)
-    if cli.get("budget"):
-        result["budget"] = cli["budget"]
-    if not args.checkpoint:
-        write_json_atomic(Path(args.run) / "evaluation.json", result)
+    size = parse_size(args.size) if args.size else None
+    result = evaluate_run(args.run, data=args.data, size=size, checkpoint=args.checkpoint, batch_size=args.batch_size,
+                          device=args.device, latency_repeats=args.latency_repeats, latency_images=args.latency_images,
+                          tensorboard=not args.no_tensorboard, on_start=lambda: announce(args))
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
         return 0
-    print(format_table(result, manifest.get("kind"), args.run, torch.get_num_threads()))
+    print(format_table(result, result.get("kind"), args.run, torch.get_num_threads()))
     return 0

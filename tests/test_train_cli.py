@@ -149,3 +149,40 @@ def test_dynamic_run_train_resume_and_evaluate(capsys, tmp_path):
     for label in ("mIoU", "GFLOPs realised, mean (total)", "body GFLOPs all open", "latency all open, ms"):
         assert label in table
     assert f"{r['gflops_max']:.5g}" in table
+
+
+def test_run_record_is_typed_and_versioned(static_run, tmp_path, capsys):
+    """The run record (extra.cli) reads back as RunSettings; a pre-version manifest reads as schema 0, resumes
+    with its record unchanged; a newer schema is refused in one line."""
+    import shutil
+
+    from routespace.evaluators.runrecord import SCHEMA, RunSettings
+
+    manifest = json.loads((static_run / "manifest.json").read_text())
+    record = RunSettings.from_manifest(manifest)
+    assert manifest["extra"]["cli"]["schema"] == SCHEMA == record.schema
+    assert record.size == (32, 32) and record.val_size == (32, 32) and record.data == "synthetic"
+    assert record.arch == manifest["spec"]["architecture"] and not record.dynamic and record.budget is None
+    assert record.to_dict() == manifest["extra"]["cli"]  # the writer and the reader agree
+    assert RunSettings.from_manifest({"extra": {}}) is None
+    # an older run: no schema in its record; unfinished, resumed with the same settings
+    old = tmp_path / "old"
+    shutil.copytree(static_run, old)
+    (old / "checkpoints" / "final.pt").unlink()
+    m = json.loads((old / "manifest.json").read_text())
+    del m["extra"]["cli"]["schema"]
+    m["status"], m["step"] = "interrupted", 2
+    (old / "manifest.json").write_text(json.dumps(m))
+    assert RunSettings.from_manifest(m).schema == 0
+    state = torch.load(old / "checkpoints" / "step-00000002.pt", weights_only=True)
+    del state["meta"]["extra"]["cli"]["schema"]  # the checkpoint of that older run carried the same record
+    torch.save(state, old / "checkpoints" / "step-00000002.pt")
+    assert main(["train", "--out", str(old), "--resume"]) == 0, capsys.readouterr().err
+    after = json.loads((old / "manifest.json").read_text())
+    assert after["status"] == "done" and "schema" not in after["extra"]["cli"]
+    capsys.readouterr()
+    # a newer schema is refused by every reader
+    m["extra"]["cli"]["schema"] = SCHEMA + 1
+    (old / "manifest.json").write_text(json.dumps(m))
+    _fails(capsys, ["config", "dump", str(old)], "newer routespace")
+    _fails(capsys, ["evaluate", str(old), "--latency-repeats", "0"], "newer routespace")

@@ -119,10 +119,11 @@ def _run(path: Path, what, images: int, title):
     if images < 1:
         raise RoutespaceError("--images must be at least 1")
     model, manifest, _ = load_run_model(path)
-    cli = (manifest.get("extra") or {}).get("cli") or {}
     from ..datasets import load_dataset
+    from ..runrecord import RunSettings
 
-    data = load_dataset(cli.get("data") or "synthetic", "val", size=tuple(cli["size"]) if cli.get("size") else None)
+    record = RunSettings.of(manifest, str(path))
+    data = load_dataset(record.data, "val", size=record.size)
     what = what or "grid"
     label = title or f"dynamic net {path.name}"
     if what == "grid":
@@ -135,7 +136,7 @@ def _run(path: Path, what, images: int, title):
     if what == "routes":
         return _routes(model, data, label)
     if what == "histogram":
-        return _histogram(model, data, images, cli.get("budget"), label)
+        return _histogram(model, data, images, record.budget.to_dict() if record.budget else None, label)
     raise RoutespaceError(f"a dynamic run can be shown as grid, routes or histogram, not {what!r}")
 
 
