@@ -600,13 +600,17 @@ def _step(net, model, optimizer, scheduler, images, labels, device, config, extr
     if not torch.isfinite(loss):
         raise RoutespaceError(f"the loss became {float(loss.detach())} at step {step + 1}: lower the learning rate (--lr) or enable gradient clipping")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    norms = {}
+    if extra is not None and getattr(extra_loss, "separate_gradient", False):
+        norms = _backward_apart(model, ce, extra, extra_loss, config.grad_clip)
+    else:
+        loss.backward()
+        if config.grad_clip > 0:
+            norms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     scheduler.step()
-    record = {"loss": float(loss.detach()), "ce": float(ce.detach()), "lr": lr}
+    record = {"loss": float(loss.detach()), "ce": float(ce.detach()), "lr": lr, **norms}
     if extra is not None:
         record["extra"] = float(extra.detach())
         record.update(getattr(extra_loss, "last", None) or {})
@@ -618,6 +622,52 @@ def _step(net, model, optimizer, scheduler, images, labels, device, config, extr
 
         record.update(gate_open_rates({k: g.detach() for k, g in output.edge_gates.items()}))
     return record
+
+
+def _backward_apart(model: nn.Module, ce: torch.Tensor, extra: torch.Tensor, extra_loss: Any, grad_clip: float) -> dict:
+    """The gradients of the cross-entropy and of an extra loss that asks for it (``separate_gradient``),
+    each clipped on its own: the cross-entropy's to ``grad_clip`` (0: off), the extra loss's to its
+    ``grad_clip`` (None: ``grad_clip``), on the parameters ``extra_loss.gradient_applies_to(name)`` picks;
+    their sum goes into ``.grad``. So a large budget gradient cannot shrink the cross-entropy's under one
+    global clip. Under DDP the extra gradient (computed with ``autograd.grad``, which bypasses DDP's
+    hooks) is averaged over the processes here. Returns the norms before clipping."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    picked = [p for n, p in named if extra_loss.gradient_applies_to(n)]
+    extra_grads = []
+    if picked and extra.requires_grad:
+        extra_grads = list(torch.autograd.grad(extra, picked, retain_graph=True, allow_unused=True))
+    ce.backward()
+    ce_norm = _clip_grads([p.grad for _, p in named if p.grad is not None], grad_clip)
+    pairs = [(p, g) for p, g in zip(picked, extra_grads) if g is not None]
+    if pairs and torch.distributed.is_available() and torch.distributed.is_initialized():
+        flat = torch.cat([g.reshape(-1) for _, g in pairs])
+        torch.distributed.all_reduce(flat)
+        flat /= torch.distributed.get_world_size()
+        pairs, at = [], pairs
+        offset = 0
+        for p, g in at:
+            pairs.append((p, flat[offset:offset + g.numel()].view_as(g)))
+            offset += g.numel()
+    own = getattr(extra_loss, "grad_clip", None)
+    extra_norm = _clip_grads([g for _, g in pairs], grad_clip if own is None else own)
+    for p, g in pairs:
+        if p.grad is None:
+            p.grad = g.detach().clone()
+        else:
+            p.grad.add_(g)
+    return {"grad_norm_ce": ce_norm, "grad_norm_extra": extra_norm}
+
+
+def _clip_grads(grads: list[torch.Tensor], max_norm: float) -> float:
+    """Scale ``grads`` in place so that their joint norm is at most ``max_norm`` (0: no clip); the norm before."""
+    if not grads:
+        return 0.0
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads])))
+    if max_norm > 0 and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for g in grads:
+            g.mul_(scale)
+    return norm
 
 
 def _check_labels(labels: torch.Tensor, logits: torch.Tensor) -> None:

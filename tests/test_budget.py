@@ -129,3 +129,79 @@ def test_resume_restores_the_dual_weight_exactly(tmp_path):
     b = torch.load(cut / "checkpoints" / "final.pt", weights_only=True)["model"]
     for k in a:
         assert torch.allclose(a[k].double(), b[k].double(), atol=1e-6), k
+
+
+# --- the Lagrangian penalty and the budget gradient kept apart from the cross-entropy's -----------------
+def test_lagrangian_penalty_by_hand_and_its_dual_step():
+    """penalty 'linear': loss lam * (mean ratio - mu), gradient lam / all_open / N per image; the dual step
+    lam += rate * lam_init * (r - mu) / mu, never below 0 nor above the cap (numbers worked by hand)."""
+    loss = BudgetLoss(100.0, mu=0.2, lam=0.5, warmup=0.0, ramp=0.0, rate=0.1, penalty="linear")
+    out = _fake_output(0.6)  # r = 0.6: step 0.1 * 0.5 * (0.6 - 0.2) / 0.2 = +0.1
+    value = loss(out, 0, 100)
+    assert loss.lam_now == pytest.approx(0.6)
+    assert float(value) == pytest.approx(0.6 * (0.6 - 0.2))
+    value.backward()
+    assert torch.allclose(out.budget_body_flops.grad, torch.full((4,), 0.6 / 100.0 / 4))
+    for step in range(1, 4):  # r = 0.1: step 0.1 * 0.5 * (-0.5) = -0.025 each
+        loss(_fake_output(0.1), step, 100)
+    assert loss.lam_now == pytest.approx(0.6 - 3 * 0.025)
+    for step in range(4, 100):  # stays at 0 (the budget is an upper limit), not negative
+        loss(_fake_output(0.0), step, 100)
+    assert loss.lam_now == 0.0
+    capped = BudgetLoss(100.0, mu=0.1, lam=0.5, warmup=0.0, ramp=0.0, rate=1.0, penalty="linear", lam_max=2.0)
+    for step in range(5):
+        capped(_fake_output(0.9), step, 100)
+    assert capped.lam_now == 2.0
+    with pytest.raises(RoutespaceError, match="unknown budget penalty"):
+        BudgetLoss(100.0, mu=0.1, lam=0.5, penalty="cubic")
+    with pytest.raises(RoutespaceError, match="gradient scope"):
+        BudgetLoss(100.0, mu=0.1, lam=0.5, grad_scope="cells")
+
+
+class _TwoWeights(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate_w = torch.nn.Parameter(torch.tensor(1.0))
+        self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+
+def test_budget_gradient_apart_scope_and_clip_by_hand():
+    """ce = 3a + 4b (gradient norm 5), budget = 6a + 8b; the cross-entropy's gradient is clipped to 2.5 on
+    its own -> (1.5, 2.0); the budget's reaches the gate weight a only, 6 clipped to 2 -> a: 3.5, b: 2.0."""
+    from routespace.evaluators.train import _backward_apart
+
+    m = _TwoWeights()
+    ce = 3 * m.gate_w + 4 * m.w
+    budget = 6 * m.gate_w + 8 * m.w
+    loss = BudgetLoss(100.0, mu=0.1, lam=0.5, grad_scope="gates", grad_clip=2.0)
+    assert loss.separate_gradient
+    norms = _backward_apart(m, ce, budget, loss, grad_clip=2.5)
+    assert float(m.gate_w.grad) == pytest.approx(3.5, rel=1e-5) and float(m.w.grad) == pytest.approx(2.0, rel=1e-5)
+    assert norms == pytest.approx({"grad_norm_ce": 5.0, "grad_norm_extra": 6.0})
+    # scope 'all', budget clipped to the training clip (its own None): (6, 8) norm 10 -> (1.5, 2.0)
+    m = _TwoWeights()
+    both = BudgetLoss(100.0, mu=0.1, lam=0.5, grad_clip=None)
+    assert not both.separate_gradient  # nothing apart: the loop takes the usual single backward
+    _backward_apart(m, 3 * m.gate_w + 4 * m.w, 6 * m.gate_w + 8 * m.w, both, grad_clip=2.5)
+    assert float(m.gate_w.grad) == pytest.approx(3.0, rel=1e-5) and float(m.w.grad) == pytest.approx(4.0, rel=1e-5)
+
+
+def test_gate_scoped_budget_leaves_every_other_weight_on_the_cross_entropy_alone():
+    """One SGD step of the supernet with the budget's gradient on the gates only: every non-gate weight moves
+    exactly as without a budget loss, and gate weights differ (the budget does act on them)."""
+    cfg = TrainConfig(steps=1, batch_size=4, lr=0.05, optimizer="sgd", grad_clip=5.0, seed=0)
+    nets = []
+    for extra in (None, "gates"):
+        torch.manual_seed(0)
+        net = DynamicNet(SMALL)
+        loss = None if extra is None else BudgetLoss(body_flops_all_open(SMALL, (32, 32)), mu=0.05, lam=50.0,
+                                                     warmup=0.0, ramp=0.0, grad_scope="gates")
+        fit(net, _Data(), cfg, extra_loss=loss, progress=False, tensorboard=False)
+        nets.append(dict(net.named_parameters()))
+    plain, gated = nets
+    others = [n for n in plain if "gate" not in n]
+    gates = [n for n in plain if "gate" in n]
+    assert others and gates
+    for n in others:
+        assert torch.equal(plain[n], gated[n]), n
+    assert any(not torch.equal(plain[n], gated[n]) for n in gates)

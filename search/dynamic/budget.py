@@ -22,6 +22,8 @@ from ...spaces.errors import RoutespaceError
 from .settings import DEFAULT_RAMP, DEFAULT_WARMUP, check_budget_mode
 
 
+PENALTIES = ("square", "linear")
+GRAD_SCOPES = ("all", "gates")
 LAMBDA_CAP = 50.0  # the adaptive lambda stays below this multiple of its initial value
 
 
@@ -35,6 +37,12 @@ def check_mu(mu: float) -> float:
 def batch_budget_loss(body_flops, all_open_body: float, mu: float, lam: float):
     """``lam * (mean(body_flops) / all_open_body - mu)^2`` (body_flops: (N,) per image)."""
     return lam * (body_flops.mean() / all_open_body - mu) ** 2
+
+
+def lagrangian_budget_loss(body_flops, all_open_body: float, mu: float, lam: float):
+    """``lam * (mean(body_flops) / all_open_body - mu)``: the Lagrangian term of the constraint
+    ``mean ratio <= mu`` with multiplier ``lam`` (its gradient does not vanish near the target)."""
+    return lam * (body_flops.mean() / all_open_body - mu)
 
 
 class BudgetLoss:
@@ -65,6 +73,9 @@ class BudgetLoss:
         adaptive: bool | None = None,
         rate: float = 0.02,
         lam_max: float | None = None,
+        penalty: str = "square",
+        grad_scope: str = "all",
+        grad_clip: float | None = None,
     ) -> None:
         check_mu(mu)
         check_budget_mode(mode)
@@ -77,17 +88,42 @@ class BudgetLoss:
         self.adaptive = (mode == "realised") if adaptive is None else bool(adaptive)
         self.rate = float(rate)
         self.lam_max = float(lam_max) if lam_max is not None else LAMBDA_CAP * max(self.lam, 1e-3)
+        if penalty not in PENALTIES:
+            raise RoutespaceError(f"unknown budget penalty {penalty!r}: choose one of {', '.join(PENALTIES)}")
+        if grad_scope not in GRAD_SCOPES:
+            raise RoutespaceError(f"unknown budget gradient scope {grad_scope!r}: choose one of {', '.join(GRAD_SCOPES)}")
+        if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
+            raise RoutespaceError(f"the budget gradient's clip must be positive, got {grad_clip}")
+        self.penalty, self.grad_scope = penalty, grad_scope
+        self.grad_clip = float(grad_clip) if grad_clip is not None else None
         self.lam_now = float(lam)
         self.last: dict[str, float] = {}
+
+    @property
+    def separate_gradient(self) -> bool:
+        """The training loop computes this loss's gradient apart from the cross-entropy's (its own scope and
+        clip, see :func:`routespace.evaluators.train.fit`)."""
+        return self.grad_scope != "all" or self.grad_clip is not None
+
+    def gradient_applies_to(self, name: str) -> bool:
+        """Whether the budget's gradient reaches the parameter called ``name`` (``gates``: gate heads only)."""
+        return self.grad_scope == "all" or "gate" in name
 
     def __call__(self, output: Any, step: int, total: int):
         weight = budget_weight(step, total, self.warmup, self.ramp)
         ratio = float(output.realised_body_flops.detach().mean()) / self.all_open_body
         if self.adaptive and weight > 0 and self.lam > 0:
             mean_ratio = _mean_over_processes(ratio)
-            self.lam_now = min(self.lam_max, max(self.lam, self.lam_now * math.exp(self.rate * (mean_ratio - self.mu) / self.mu)))
+            if self.penalty == "linear":  # dual ascent: additive step, lambda >= 0 (the budget is an upper limit)
+                step = self.rate * self.lam * (mean_ratio - self.mu) / self.mu
+                self.lam_now = min(self.lam_max, max(0.0, self.lam_now + step))
+            else:
+                self.lam_now = min(self.lam_max, max(self.lam, self.lam_now * math.exp(self.rate * (mean_ratio - self.mu) / self.mu)))
         body = output.budget_body_flops if self.mode == "realised" else output.expected_body_flops
-        loss = batch_budget_loss(body, self.all_open_body, self.mu, self.lam_now * weight)
+        if self.penalty == "linear":
+            loss = lagrangian_budget_loss(body, self.all_open_body, self.mu, self.lam_now * weight)
+        else:
+            loss = batch_budget_loss(body, self.all_open_body, self.mu, self.lam_now * weight)
         self.last = {"budget_weight": weight, "lambda": self.lam_now, "body_ratio": ratio,
                      "expected_body_ratio": float(output.expected_body_flops.detach().mean()) / self.all_open_body,
                      "budget_loss": float(loss.detach())}
