@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from ..evaluators.runrecord import SCHEMA, BudgetRecord, RunSettings
 from ..spaces.errors import RoutespaceError
 from ..spaces.layout import GATE_RESOLUTIONS
-from .dynamic.settings import BUDGET_MODES, DEFAULT_BUDGET_MODE, DEFAULT_RAMP, DEFAULT_WARMUP, SETTINGS, setting
+from .dynamic.settings import DEFAULT_BUDGET_MODE, DEFAULT_RAMP, DEFAULT_WARMUP, SETTINGS, setting
 
 DEFAULT_SETTING = "C"  # budgeted runs without --setting; --no-budget alone means 'raw'
 # Training crop per preset when no size is given (else the space's input size): the paper's 768x768.
@@ -372,7 +372,7 @@ def evaluate_run(run: str | Path, *, data: str | None = None, size: tuple[int, i
     if max_images is not None:
         n = min(len(val_set), max_images)
         val_set = torch.utils.data.Subset(val_set, range(n))
-        val_set.num_classes = model.space.num_classes  # type: ignore[attr-defined]
+        val_set.num_classes = getattr(val_set.dataset, "num_classes", None)  # type: ignore[attr-defined]
     writer = open_writer(run, enabled=tensorboard and write and not checkpoint)
     step = int(state["step"])
     with writer:

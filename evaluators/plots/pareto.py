@@ -48,13 +48,7 @@ def plot_pareto(results: Iterable[object], title: str | None = None, label_point
             zorder=2, label="Pareto front")
     ax.scatter([p.gflops for p in fp], [p.miou for p in fp], s=170, facecolors="none", edgecolors="#C0392B",
                linewidths=1.4, zorder=4)
-    ax.set_xlabel("GFLOPs", fontsize=FONT)
-    ax.set_ylabel("mIoU", fontsize=FONT)
-    ax.tick_params(labelsize=SMALL)
-    ax.grid(alpha=0.3)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.set_title(title or "mIoU vs GFLOPs", fontsize=FONT + 1, loc="left")
+    style_axes(ax, "GFLOPs", "mIoU", title or "mIoU vs GFLOPs")
     ax.legend(fontsize=SMALL, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0.0)
     _pad_limits(ax, points)
     if label_points and points:
@@ -65,6 +59,17 @@ def plot_pareto(results: Iterable[object], title: str | None = None, label_point
         chosen.sort(key=lambda i: (i not in on_front, i))
         label_axes(ax, [(points[i].gflops, points[i].miou) for i in chosen], [points[i].label for i in chosen])
     return fig
+
+
+def style_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, ticks, a light grid, no top/right spines and a left-aligned title (the plots' common look)."""
+    ax.set_xlabel(xlabel, fontsize=FONT)
+    ax.set_ylabel(ylabel, fontsize=FONT)
+    ax.tick_params(labelsize=SMALL)
+    ax.grid(alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title, fontsize=FONT + 1, loc="left")
 
 
 def _pad_limits(ax, points: list[ResultPoint]) -> None:
