@@ -29,7 +29,10 @@ Gaps of Optuna's heartbeat/retry (Optuna 5.0) that routespace closes:
    other workers' RUNNING trials against the budget and waits for them (or their retries) to finish,
    so a study ends with exactly ``--trials`` completed trials;
 6. a worker declared stale while still alive gets ``UpdateFinishedTrialError`` on ``tell``; the engine
-   drops its result (the retry stands).
+   drops its result (the retry stands);
+7. a lost connection (the server restarted, a failover) ends the process with ``StorageInternalError``,
+   even between two queries of one read; every RDB call here reconnects and retries for up to
+   :data:`OUTAGE_SECONDS` instead.
 
 Secrets: :func:`mask_url` is the one function through which every storage URL (and every message that may
 hold one) passes before routespace writes or prints it: ``summary.json``, the study's stored config,
@@ -161,6 +164,68 @@ def _journal_storage_class():
     return HeartbeatJournalStorage
 
 
+# How long a storage call keeps retrying while the database server is unreachable (a restart, a failover).
+OUTAGE_SECONDS = 60.0
+# RDBStorage methods that talk to the database: the public API and the private ones that Optuna's
+# ``_CachedStorage`` calls directly. Only the outermost call of a thread retries (they call each other).
+_DB_METHODS = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
+    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+    "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
+    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
+    "_get_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
+)
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) means the database connection was lost or
+    refused, as opposed to a bad query or a conflict: retrying the call after a reconnect can succeed."""
+    from sqlalchemy import exc as sa_exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sa_exc.PendingRollbackError):
+            return True
+        if isinstance(exc, sa_exc.DBAPIError) and (exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _retrying(method):
+    """``method`` retried with back-off for up to :data:`OUTAGE_SECONDS` while the connection is lost.
+
+    A call whose transaction never reached the server is simply run again. One caveat: if the server
+    committed a write and the connection died before the acknowledgement, the retry writes again; for
+    attribute and heartbeat writes that is harmless, for ``create_new_trial`` it may add a trial, which
+    the stale-trial sweep then fails after the grace period (no result is lost or counted twice)."""
+    import functools
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        local = self._outage_local
+        if getattr(local, "depth", 0) or self.engine.dialect.name == "sqlite":  # a file: no connection to lose
+            return method(self, *args, **kwargs)
+        deadline, wait = time.monotonic() + OUTAGE_SECONDS, 0.2
+        while True:
+            local.depth = 1
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not is_connection_loss(exc) or time.monotonic() + wait > deadline:
+                    raise
+            finally:
+                local.depth = 0
+            self.scoped_session.remove()  # a session left mid-transaction by the lost connection
+            self.engine.dispose()  # pooled connections to the old server process are dead
+            time.sleep(wait)
+            wait = min(2 * wait, 2.0)
+
+    return call
+
+
 def _rdb_storage_class():
     import optuna
     from optuna.storages._rdb import models  # pinned: optuna 4.x/5.0 layout
@@ -172,7 +237,12 @@ def _rdb_storage_class():
         Optuna skips a RUNNING trial without a heartbeat row, so a worker killed between ``ask`` and its
         first beat left a trial that was never failed nor retried. Such a trial is stale here once its
         start (``datetime_start``, in UTC by the asking process's clock) is older than the grace period.
+        Every call that talks to the server retries through a lost connection (see :func:`_retrying`).
         """
+
+        def __init__(self, *args, **kwargs) -> None:
+            self._outage_local = threading.local()
+            super().__init__(*args, **kwargs)
 
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
             from datetime import datetime, timedelta, timezone
@@ -192,6 +262,8 @@ def _rdb_storage_class():
                 )
             return stale + [row[0] for row in never_beat if row[0] not in stale]
 
+    for name in _DB_METHODS:
+        setattr(HeartbeatRDBStorage, name, _retrying(getattr(HeartbeatRDBStorage, name)))
     return HeartbeatRDBStorage
 
 

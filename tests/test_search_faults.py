@@ -51,6 +51,14 @@ def _same_or_grown(before: dict, trials) -> None:
     assert {n: after.get(n) for n in before} == before
 
 
+def _alive(proc: subprocess.Popen) -> bool:
+    """True while ``proc`` runs; once it has ended, fail at once with its output (not after a long wait)."""
+    if proc.poll() is None:
+        return True
+    out, err = proc.communicate()
+    raise AssertionError(f"the search ended early (exit {proc.returncode}): {out[-1500:]} {err[-3000:]}")
+
+
 def _no_failures_but_skips(trials) -> None:
     """FAIL only for trials given up because other workers had taken the last places (never an error)."""
     failed = [t for t in trials if t.state.name == "FAIL"]
@@ -66,7 +74,8 @@ def test_postgresql_restarted_mid_trial_loses_nothing_and_gives_the_uninterrupte
     victim = _start(search_args(tmp_path / "victim", "--storage-env", "RS_STORAGE", **flags), RS_STORAGE=url)
     hit = []
     for mode, after in (("fast", 1), ("immediate", 2)):
-        trial = wait_for(lambda: running_in(url, "restart", victim.pid, after), timeout=180, what="a trial mid-training")
+        trial = wait_for(lambda: _alive(victim) and running_in(url, "restart", victim.pid, after), timeout=180,
+                         what=f"a trial mid-training after {after} completed ({mode} restart next)")
         before = completed_snapshot(load_trials(url, "restart"))
         server.restart(mode)
         hit.append(trial.number)
@@ -183,3 +192,56 @@ def test_load_four_workers_on_one_postgresql_study(server, tmp_path):
     print(f"load: {n} trials by 4 workers in {seconds:.1f} s: {len(trained)} trained, {n - len(trained)} duplicates, "
           f"{sum(t.state.name == 'PRUNED' for t in trials)} rejected, "
           f"{sum(t.state.name == 'FAIL' for t in trials)} given up (budget taken); completed per worker {per_worker}")
+
+
+def test_lost_connection_is_retried_and_other_errors_are_not(monkeypatch):
+    """The retry layer of the RDB storage, on a hand-made failure sequence: calls that fail because the
+    connection was lost run again (after a reconnect) until they succeed; a failing query or a conflict
+    raises at once; nested calls do not retry twice."""
+    import optuna
+    from sqlalchemy import exc as sa_exc
+
+    from routespace.search import storage as st
+
+    lost = optuna.exceptions.StorageInternalError("commit failed")
+    lost.__cause__ = sa_exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+    conflict = sa_exc.IntegrityError("INSERT", {}, Exception("duplicate key"))
+    assert st.is_connection_loss(lost) and st.is_connection_loss(sa_exc.PendingRollbackError("rollback first"))
+    assert not st.is_connection_loss(conflict) and not st.is_connection_loss(ValueError("bad value"))
+
+    class Engine:
+        dialect = type("Dialect", (), {"name": "postgresql"})()
+        disposed = 0
+
+        def dispose(self):
+            Engine.disposed += 1
+
+    class Fake:
+        def __init__(self, failures):
+            self._outage_local, self.failures, self.calls = __import__("threading").local(), list(failures), 0
+            self.engine, self.scoped_session = Engine(), type("S", (), {"remove": lambda self: None})()
+
+        def op(self):
+            self.calls += 1
+            if self.failures:
+                raise self.failures.pop(0)
+            return "done"
+
+        def outer(self):
+            return self.op_retrying()
+
+    Fake.op_retrying = st._retrying(Fake.op)
+    Fake.outer_retrying = st._retrying(Fake.outer)
+    monkeypatch.setattr(st.time, "sleep", lambda s: None)
+    f = Fake([lost, lost])
+    assert f.op_retrying() == "done" and f.calls == 3 and Engine.disposed == 2
+    f = Fake([conflict])
+    with pytest.raises(sa_exc.IntegrityError):
+        f.op_retrying()
+    assert f.calls == 1
+    f = Fake([lost])  # the inner call of a retrying call raises; only the outer one retries
+    assert f.outer_retrying() == "done" and f.calls == 2
+    monkeypatch.setattr(st, "OUTAGE_SECONDS", 0.0)
+    f = Fake([lost] * 5)  # an outage longer than OUTAGE_SECONDS ends the call with the error
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        f.op_retrying()
