@@ -135,6 +135,12 @@ def _run_with_checkpoint(data: Callable[[Path], None]) -> Callable[[Path], None]
     return make
 
 
+def _finished_run(folder: Path) -> None:
+    import shutil
+
+    shutil.copytree(trained_run_template(), folder / "finished-run")
+
+
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -195,6 +201,7 @@ FIXTURES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "run/ (checkpoint with code)": ("an unfinished training run whose checkpoints pickle a call to os.system",
                                     _run_with_checkpoint(_pickle_with_code)),
     "comparison/": ("a comparison folder made with other settings (`--steps 999`)", _other_comparison),
+    "finished-run/": ("a finished 2-step training run (`train --arch fcn32s`)", _finished_run),
     "typo.yaml": ("a config with the key `stepz: 10`", _text("typo.yaml", "preset: tiny\nstepz: 10\n")),
     "train-typo.yaml": ("a config whose `train` section has `stepz: 10`", _text("train-typo.yaml", "train:\n  stepz: 10\n")),
     "steps-ten.yaml": ("a config with `train: {steps: ten}`", _text("steps-ten.yaml", "train:\n  steps: ten\n")),
@@ -288,6 +295,18 @@ CASES: list[Case] = [
     Case("compare into a folder holding other files", ("compare", "--out", "{dir}/notes", "--steps", "4"),
          "is not empty and holds no comparison", ("notes/",)),
     Case("unknown dynamic setting", ("compare", "--out", "{dir}/comparison", "--dynamic", "D"), "unknown dynamic setting 'D'"),
+    Case("compare with an unknown protocol", ("compare", "--out", "{dir}/cmp", "--protocol", "fast"), "unknown protocol 'fast'"),
+    Case("compare with an unknown budget mode", ("compare", "--out", "{dir}/cmp", "--budget-mode", "soft"),
+         "unknown budget mode 'soft'"),
+    Case("compare with a seed given twice", ("compare", "--out", "{dir}/cmp", "--seeds", "0", "0"), "repeat a seed"),
+    Case("compare with a dynamic setting given twice", ("compare", "--out", "{dir}/cmp", "--dynamic", "A", "A"),
+         "named twice"),
+    Case("compare adding a folder that is not a run", ("compare", "--out", "{dir}/cmp", "--add", "{dir}/notes"),
+         "is not a training run folder", ("notes/",)),
+    Case("compare adding an unfinished run", ("compare", "--out", "{dir}/cmp", "--add", "{dir}/static-run"),
+         "is not finished (no final checkpoint)", ("static-run/",)),
+    Case("compare adding a run under a row's name", ("compare", "--out", "{dir}/cmp", "--add", "unet={dir}/finished-run"),
+         "a row is already called 'unet'", ("finished-run/",)),
     # config files (`train --config`, `config dump`)
     Case("unknown key in a config", ("train", "--out", "{dir}/run", "--config", "{dir}/typo.yaml"),
          "config {dir}/typo.yaml: unknown key 'stepz': allowed are preset, data", ("typo.yaml",)),
@@ -344,6 +363,14 @@ CASES: list[Case] = [
          "--supernet", "{dir}/static-run"), "holds a static net, not a dynamic supernet", needs=("static-run/",)),
     Case("one-shot supernet of another space", ("search", "--out", "{dir}/search", "--preset", "tiny", "--evaluator", "oneshot",
          "--supernet", "{dir}/supernet-5"), "is a supernet of another space", needs=("supernet-5/",)),
+    Case("negative --calibration-batches", ("search", "--out", "{dir}/search", "--evaluator", "oneshot", "--supernet",
+         "{dir}/supernet-5", "--calibration-batches", "-1"), "--calibration-batches must be >= 0", needs=("supernet-5/",)),
+    Case("negative --retrain-top", ("search", "--out", "{dir}/search", "--evaluator", "synthetic", "--retrain-top", "-1"),
+         "--retrain-top must be >= 0"),
+    Case("--retrain-steps without --retrain-top", ("search", "--out", "{dir}/search", "--evaluator", "synthetic",
+         "--retrain-steps", "5"), "--retrain-steps applies to --retrain-top K only"),
+    Case("evolution with a population of one", ("search", "--out", "{dir}/search", "--evaluator", "synthetic",
+         "--strategy", "evolution", "--strategy-option", "population_size=1"), "population_size must be an integer >= 2"),
     Case("--supernet without the one-shot evaluator", ("search", "--out", "{dir}/search", "--supernet", "{dir}/x"),
          "--supernet and --calibration-batches apply to --evaluator oneshot only"),
     Case("storage URL that cannot be opened (SQLite in a missing folder)",
