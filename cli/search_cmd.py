@@ -58,7 +58,8 @@ def register(sub) -> None:
     p.add_argument("--supernet", default=None, metavar="RUN",
                    help="with --evaluator oneshot: the trained supernet run folder (`routespace train`, dynamic)")
     p.add_argument("--calibration-batches", type=int, default=None, metavar="K",
-                   help="with --evaluator oneshot: training batches BN is recalibrated on per candidate (default 4)")
+                   help="with --evaluator oneshot: training batches BN is recalibrated on per candidate (default 4; "
+                   "0 keeps the supernet's own running statistics)")
     p.add_argument("--evaluator", default=None, choices=tuple(EVALUATORS),
                    help="proxy: short training + val mIoU (default); synthetic: closed-form stand-in for "
                    "testing the machinery, no training")
@@ -72,6 +73,12 @@ def register(sub) -> None:
     p.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval, s (default 10)")
     p.add_argument("--grace", type=int, default=None, help="a trial without heartbeat this long is retried (default 3x)")
     p.add_argument("--top-k", type=int, default=5, help="best specs to export (default 5)")
+    p.add_argument("--retrain-top", type=int, default=0, metavar="K",
+                   help="after the search, retrain the K best architectures from scratch with the standard schedule "
+                   "(`routespace train --arch`, on the evaluator's data) into OUT/retrain/, and write OUT/retrain.md "
+                   "and OUT/retrain.json: search score vs stand-alone mIoU (finished retrainings are reused)")
+    p.add_argument("--retrain-steps", type=int, default=None, metavar="N",
+                   help="with --retrain-top: training steps (default: the preset's schedule, tiny 1500)")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tensorboard", action="store_true",
@@ -131,8 +138,9 @@ def build_config(args: argparse.Namespace, base=None):
     if kind != "oneshot" and (args.supernet or args.calibration_batches is not None):
         raise RoutespaceError("--supernet and --calibration-batches apply to --evaluator oneshot only")
     if kind == "oneshot":
-        if args.calibration_batches is not None and args.calibration_batches < 1:
-            raise RoutespaceError(f"--calibration-batches must be at least 1, got {args.calibration_batches}")
+        if args.calibration_batches is not None and args.calibration_batches < 0:
+            raise RoutespaceError(f"--calibration-batches must be >= 0 (0: the supernet's own BN statistics), "
+                                  f"got {args.calibration_batches}")
         evaluator = {"kind": "oneshot", "supernet": pick(args.supernet, stored_eval.get("supernet"), None),
                      "calibration_batches": pick(args.calibration_batches, stored_eval.get("calibration_batches", 4), 4),
                      "batch_size": pick(args.proxy_batch, stored_eval.get("batch_size", 8), 8),
@@ -194,6 +202,10 @@ def run(args: argparse.Namespace) -> int:
         if args.storage:
             raise RoutespaceError("give the storage either by --storage or by --storage-env, not both")
         args.storage = storage_url_from_env(args.storage_env)
+    if args.retrain_top < 0 or (args.retrain_steps is not None and args.retrain_steps < 1):
+        raise RoutespaceError("--retrain-top must be >= 0 and --retrain-steps >= 1")
+    if args.retrain_steps is not None and not args.retrain_top:
+        raise RoutespaceError("--retrain-steps applies to --retrain-top K only")
     base = None
     if args.resume:
         url = args.storage or default_storage(args.out)
@@ -222,4 +234,79 @@ def run(args: argparse.Namespace) -> int:
     print(f"routespace search: {outcome.stop_reason}")
     print(summary_line(outcome.summary))
     print(f"summary: {Path(args.out) / 'summary.json'}")
+    if args.retrain_top:
+        table = retrain_top(config.with_(storage=config.storage or default_storage(args.out)), outcome.summary["study"],
+                            args.out, args.retrain_top, args.retrain_steps, threads=args.threads)
+        print(render_retrain(table["rows"], config.evaluator["kind"], table["kendall_tau"]), end="")
+        print(f"retrain table: {Path(args.out) / 'retrain.md'}")
     return 0
+
+
+def retrain_top(config, study_name: str, out_dir, k: int, steps: int | None = None, threads: int | None = None) -> dict:
+    """Retrain the ``k`` best distinct architectures of the study from scratch, each with `routespace train
+    --arch` (the preset's schedule unless ``steps``) on the evaluator's data, into OUT/retrain/KEY; evaluate
+    each on the validation split; write OUT/retrain.json and OUT/retrain.md. A finished run is reused."""
+    from pathlib import Path
+
+    import optuna
+
+    from ..evaluators.datasets import load_dataset
+    from ..evaluators.evaluate import evaluate, load_run_model
+    from ..evaluators.runfolder import final_checkpoint_path, read_manifest
+    from ..search.dynamic.oneshot import kendall_tau
+    from ..search.engine import spec_key
+    from ..search.evaluator_registry import evaluator_data
+    from ..search.export import best_records, trial_records
+    from ..search.storage import open_storage
+    from ..spaces.architecture import Architecture
+    from ..spaces.fileio import write_json_atomic, write_text_atomic
+    from .main import main
+
+    out = Path(out_dir)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(config.storage, config.heartbeat_interval))
+    chosen = best_records(trial_records(study.get_trials(deepcopy=False)), k)
+    data, size = evaluator_data(config.evaluator)
+    size_arg = ["--size", f"{size[0]}x{size[1]}"] if size else []
+    rows = []
+    for rank, record in enumerate(chosen, start=1):
+        arch = Architecture.from_json(record["spec"])
+        key = spec_key(record["spec"])
+        run = out / "retrain" / key
+        spec_file = out / "retrain" / f"{key}.json"
+        run.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(spec_file, arch.to_json())
+        if not final_checkpoint_path(run).exists():
+            argv = ["train", "--out", str(run), "--no-tensorboard"] + (["--threads", str(threads)] if threads else [])
+            if read_manifest(run) is not None:
+                argv.append("--resume")
+            else:
+                argv += ["--preset", "paper" if config.space.name == "paper" else "tiny", "--arch", str(spec_file),
+                         "--data", data, "--seed", str(config.seed), *size_arg]
+                argv += ["--steps", str(steps)] if steps else []
+            print(f"retrain {rank}/{len(chosen)}: {key} (search score {record['miou']:.4f}, {record['gflops']:.4g} GFLOPs)")
+            if main(argv) != 0:
+                raise RoutespaceError(f"retraining {key} failed; rerun the same command to resume it")
+        model, manifest, _ = load_run_model(run)
+        val = load_dataset(data, "val", size=size)
+        res = evaluate(model, val, batch_size=8, latency_repeats=0)
+        rows.append({"rank": rank, "trial": record["number"], "spec_key": key, "gflops": record["gflops"],
+                     "params_m": record["params_m"], "search_score": record["miou"], "standalone_miou": res["miou"],
+                     "train_steps": manifest.get("step"), "val_images": res["images"], "run": str(run)})
+    tau = kendall_tau([r["search_score"] for r in rows], [r["standalone_miou"] for r in rows]) if len(rows) > 1 else None
+    table = {"evaluator": config.evaluator, "data": data, "size": list(size) if size else None, "rows": rows,
+             "kendall_tau": tau if tau == tau else None}
+    write_json_atomic(out / "retrain.json", table)
+    write_text_atomic(out / "retrain.md", render_retrain(rows, config.evaluator["kind"], table["kendall_tau"]))
+    return table
+
+
+def render_retrain(rows: list[dict], kind: str, tau: float | None = None) -> str:
+    """The Markdown table of ``retrain_top``'s rows."""
+    lines = [f"| rank | trial | spec | GFLOPs | params (M) | {kind} score | stand-alone mIoU | steps |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['rank']} | {r['trial']} | {r['spec_key']} | {r['gflops']:.4g} | {r['params_m']:.4g} | "
+                     f"{r['search_score']:.4f} | {r['standalone_miou']:.4f} | {r['train_steps']} |")
+    if tau is not None:
+        lines.append(f"\nKendall tau ({kind} score vs stand-alone mIoU, n={len(rows)}): {tau:.3f}")
+    return "\n".join(lines) + "\n"

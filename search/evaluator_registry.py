@@ -38,6 +38,17 @@ def check_supernet(run: str | None, space: RoutingSpace) -> None:
             f"{space.num_classes}, {space.cell}): use a supernet of the searched space")
 
 
+def evaluator_data(spec: dict) -> tuple[str, tuple[int, int] | None]:
+    """The data set and training size an evaluator scores on (what ``--retrain-top`` retrains on): the proxy's
+    ``data`` at the space's size, or the data and size the one-shot supernet was trained on."""
+    if spec.get("kind") == "oneshot":
+        from ..evaluators.runfolder import read_manifest
+
+        cli = (read_manifest(Path(spec["supernet"])) or {}).get("extra", {}).get("cli", {})
+        return cli.get("data") or "synthetic", tuple(cli["size"]) if cli.get("size") else None
+    return spec.get("data") or "synthetic", None
+
+
 def make_search_evaluator(spec: dict) -> Callable:
     """An evaluator from its spec ``{"kind": ..., <settings>}``."""
     kind = spec.get("kind", "proxy")

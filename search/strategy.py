@@ -26,6 +26,7 @@ STRATEGIES: dict[str, str] = {
     "tpe": "routespace.search.optuna_tpe:TPEStrategy",
     "nsga2": "routespace.search.optuna_nsga2:NSGA2Strategy",
     "random": "routespace.search.random_search:RandomStrategy",
+    "evolution": "routespace.search.evolution:EvolutionStrategy",
     "nni-evolution": "routespace.search.nni_adapter:NNIEvolutionStrategy",
     "nni-darts": "routespace.search.nni_darts:DartsStrategy",
 }

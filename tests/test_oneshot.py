@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from routespace.search.dynamic.oneshot import (
-    OneShotEvaluator, check_representable, forced_gates, recalibrate_bn, static_from_supernet,
+    OneShotEvaluator, check_representable, forced_gates, kendall_tau, recalibrate_bn, static_from_supernet,
 )
 from routespace.spaces.architecture import Architecture
 from routespace.spaces.errors import RoutespaceError
@@ -75,11 +75,66 @@ def test_evaluator_scores_and_reports_its_cost():
     assert ev(_archs()[0]).miou == results[0].miou  # deterministic: same calibration, same score
 
 
+def _dense_forced_miou(net, arch, calibration, validation) -> float:
+    """The independent computation: the supernet's dense masked forward with the route forced, BN recalibrated
+    on the same batches (or left as trained when there are none), mIoU over the validation batches."""
+    from routespace.evaluators.metrics import ConfusionMatrix
+
+    if calibration:
+        recalibrate_bn(net, calibration, lambda b: net(b, gate_override=forced_gates(net, arch, b.shape[0])))
+    net.eval()
+    cm = ConfusionMatrix(net.space.num_classes)
+    with torch.no_grad():
+        for images, labels in validation:
+            cm.update(net(images, gate_override=forced_gates(net, arch, images.shape[0])).logits.argmax(1), labels)
+    return float(cm.summary()["miou"])
+
+
+@pytest.mark.parametrize("calibration_batches", [0, 2])
+def test_evaluator_score_is_the_dense_forced_route_score(calibration_batches):
+    """The evaluator runs only the route (the static net with shared weights, the stem computed once); its score
+    equals the supernet's dense forced forward after the same recalibration, and it leaves the supernet's
+    weights and BN statistics as they were."""
+    import copy
+
+    torch.manual_seed(5)
+    net = DynamicNet(SPACE)
+    net.train()
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():  # give BN running statistics that differ from a fresh net's (as a trained one has)
+        for _ in range(3):
+            net(torch.randn(4, 3, 64, 64, generator=gen) * 2 + 0.5)
+    calib = [torch.randn(4, 3, 64, 64, generator=gen) for _ in range(calibration_batches)]
+    val = [(torch.randn(6, 3, 64, 64, generator=gen), torch.randint(0, 3, (6, 64, 64), generator=gen)) for _ in range(2)]
+    before = copy.deepcopy(net.state_dict())
+    ev = OneShotEvaluator(net, calib, val)
+    scores = [ev(a).miou for a in _archs()]
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    for arch, score in zip(_archs(), scores):
+        reference = copy.deepcopy(net)
+        assert score == pytest.approx(_dense_forced_miou(reference, arch, calib, val), abs=1e-12)
+    assert ev(_archs()[1]).extra["calibration_batches"] == calibration_batches
+
+
+def test_kendall_tau_against_the_pair_count_and_scipy():
+    # hand count: pairs (0,1) C, (0,2) C, (1,2) D -> (2 - 1) / 3
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert kendall_tau([1, 1, 1], [1, 2, 3]) != kendall_tau([1, 1, 1], [1, 2, 3])  # NaN: one side constant
+    stats = pytest.importorskip("scipy.stats")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x = torch.randint(0, 6, (17,), generator=gen).tolist()  # ties on both sides
+        y = torch.randint(0, 6, (17,), generator=gen).tolist()
+        assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+
+
 def test_uniform_supernet_and_a_oneshot_search_from_the_cli(tmp_path, capsys):
     """`train --sampling uniform` trains a supernet whose steps draw one path per image; `search --evaluator
     oneshot --supernet RUN` scores candidates with it: every trial records the one-shot evaluator, its mIoU
     and cost, and no proxy training."""
     import json
+    from pathlib import Path
 
     import optuna
 
@@ -99,10 +154,12 @@ def test_uniform_supernet_and_a_oneshot_search_from_the_cli(tmp_path, capsys):
     manifest = json.loads((sup / "manifest.json").read_text())
     assert manifest["spec"]["sampling"] == "uniform" and manifest["extra"]["cli"]["budget"] is None
     out = tmp_path / "search"
-    assert main(["search", "--out", str(out), "--preset", "tiny", "--evaluator", "oneshot", "--supernet", str(sup),
-                 "--strategy", "random", "--trials", "3", "--max-gflops", "0.004", "--proxy-val-images", "4",
-                 "--calibration-batches", "1", "--threads", "1"]) == 0
-    capsys.readouterr()
+    argv = ["search", "--out", str(out), "--preset", "tiny", "--evaluator", "oneshot", "--supernet", str(sup),
+            "--strategy", "evolution", "--strategy-option", "population_size=2", "--trials", "3", "--max-gflops", "0.004",
+            "--proxy-val-images", "4", "--calibration-batches", "1", "--threads", "1", "--retrain-top", "2",
+            "--retrain-steps", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
     done = [t for t in study.trials if t.state.name == "COMPLETE" and "miou" in t.user_attrs]
     assert len(done) >= 3
@@ -110,3 +167,26 @@ def test_uniform_supernet_and_a_oneshot_search_from_the_cli(tmp_path, capsys):
         assert t.user_attrs["evaluator"]["evaluator"] == "oneshot" and t.user_attrs["train_steps"] == 0
         assert 0 <= t.user_attrs["miou"] <= 1 and t.user_attrs["gflops"] <= 0.004 and "spec" in t.user_attrs
         assert t.user_attrs["eval_seconds"] > 0
+    # --retrain-top 2: the two best distinct trials, retrained from scratch as static nets on the supernet's data
+    ranked = sorted((t for t in done if "duplicate_of" not in t.user_attrs), key=lambda t: (-t.user_attrs["miou"], t.user_attrs["gflops"], t.number))
+    table = json.loads((out / "retrain.json").read_text())
+    assert [r["trial"] for r in table["rows"]] == [t.number for t in ranked[:2]]
+    assert table["data"] == "synthetic" and table["size"] == [32, 32]
+    from routespace.evaluators.datasets import load_dataset
+    from routespace.evaluators.evaluate import evaluate, load_run_model
+
+    for row, trial in zip(table["rows"], ranked):
+        assert row["search_score"] == trial.user_attrs["miou"]
+        run = json.loads((tmp_path / "search" / "retrain" / row["spec_key"] / "manifest.json").read_text())
+        assert run["kind"] == "static" and run["step"] == 1 and run["status"] == "done"
+        assert Architecture.from_dict(run["spec"]["architecture"]) == Architecture.from_json(trial.user_attrs["spec"])
+        model, _, _ = load_run_model(row["run"])
+        again = evaluate(model, load_dataset("synthetic", "val", size=(32, 32)), latency_repeats=0)["miou"]
+        assert row["standalone_miou"] == pytest.approx(again, abs=1e-12)
+    assert "stand-alone mIoU" in printed and "stand-alone mIoU" in (out / "retrain.md").read_text()
+    # the same command again: the search is complete and the finished retrainings are reused, not redone
+    final = Path(table["rows"][0]["run"]) / "checkpoints" / "final.pt"
+    stamp = final.stat().st_mtime_ns
+    assert main(argv) == 0
+    assert final.stat().st_mtime_ns == stamp
+    assert json.loads((out / "retrain.json").read_text())["rows"] == table["rows"]

@@ -82,6 +82,48 @@ def test_contract_every_strategy_gives_valid_architectures_within_budget(tmp_pat
     assert summary["counts"]["complete"] == 4
 
 
+@pytest.fixture(scope="module")
+def tiny_supernet(tmp_path_factory):
+    """A uniform-sampling supernet of the tiny space trained for one step (a valid run), and two one-shot
+    evaluators loaded from it: one for the searches, one to re-score their trials (loading a run is the slow part)."""
+    from routespace.cli.main import main
+    from routespace.search.dynamic.oneshot import OneShotEvaluator
+
+    run = tmp_path_factory.mktemp("supernet") / "sup"
+    assert main(["train", "--out", str(run), "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--size", "32x32",
+                 "--sampling", "uniform", "--threads", "1", "--no-tensorboard"]) == 0
+    load = lambda: OneShotEvaluator.from_run(run, calibration_batches=1, batch_size=2, val_images=2)  # noqa: E731
+    return run, load(), load()
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("evaluator", ["proxy", "oneshot"])
+def test_contract_every_strategy_with_both_real_evaluators(tmp_path, strategy, evaluator, tiny_supernet):
+    """Each strategy drives a real evaluator: a 1-step proxy training (built from the config, as a worker builds
+    it), or one-shot scoring through a supernet run. Every completed trial is within budget and records what its
+    evaluator did; a one-shot score is reproduced by another evaluator loaded from the same run."""
+    run, search_evaluator, fresh = tiny_supernet
+    spec = ({"kind": "proxy", "data": "synthetic", "steps": 1, "batch_size": 2, "val_images": 2, "size": [32, 32]}
+            if evaluator == "proxy" else
+            {"kind": "oneshot", "supernet": str(run), "calibration_batches": 1, "batch_size": 2, "val_images": 2})
+    options = {"population_size": 2} if strategy in ("evolution", "nsga2", "nni-evolution") else {}
+    config = _config(tmp_path, strategy, trials=3, strategy_options=options).with_(evaluator=spec)
+    run_search(config, tmp_path / "out", search_evaluator if evaluator == "oneshot" else None)
+    study = optuna.load_study(study_name=f"tiny-path-{strategy}", storage=config.storage)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3
+    for t in complete:
+        arch = Architecture.from_json(t.user_attrs["spec"])
+        assert architecture_cost(arch).gflops <= BUDGET and 0 <= t.user_attrs["miou"] <= 1
+        if "duplicate_of" in t.user_attrs:
+            continue
+        if evaluator == "proxy":
+            assert t.user_attrs["train_steps"] == 1 and t.user_attrs["train_images"] == 2
+        else:
+            assert t.user_attrs["train_steps"] == 0 and t.user_attrs["evaluator"]["evaluator"] == "oneshot"
+            assert t.user_attrs["miou"] == fresh(arch).miou
+
+
 def test_duplicates_are_not_trained_again(tmp_path):
     """A sampler that always proposes the same path: trained once, the rest copy its result."""
     config = _config(tmp_path, "random", trials=3)
