@@ -1,6 +1,7 @@
 """The budget loss in its two modes: batch mean by hand, paper vs realised FLOPs, the released schedule,
 the adaptive dual weight and the exact resume of its state."""
 import json
+import math
 import shutil
 
 import pytest
@@ -29,9 +30,9 @@ def test_batch_mean_loss_by_hand_and_its_gradient_is_equal_per_image():
     out = RoutingOutput(logits=torch.zeros(4, 1, 1, 1), edge_gates={}, expected_body_flops=body * 0 + 30.0,
                         expected_flops=body, realised_body_flops=body.detach(), realised_flops=body.detach(),
                         budget_body_flops=body)
-    loss = BudgetLoss(all_open, mu=0.3, lam=0.8, mode="realised", warmup=0.0, ramp=0.0, adaptive=False)(out, 0, 10)
+    loss = BudgetLoss(all_open, mu=0.3, lam=0.8, mode="realised", warmup=0.0, ramp=0.0, adaptive=False, penalty="square")(out, 0, 10)
     assert float(loss) == pytest.approx(0.0, abs=1e-12)  # on budget in the mean, however spread
-    loss = BudgetLoss(all_open, mu=0.1, lam=0.8, mode="realised", warmup=0.0, ramp=0.0, adaptive=False)(out, 0, 10)
+    loss = BudgetLoss(all_open, mu=0.1, lam=0.8, mode="realised", warmup=0.0, ramp=0.0, adaptive=False, penalty="square")(out, 0, 10)
     assert float(loss) == pytest.approx(0.8 * (0.3 - 0.1) ** 2)
     loss.backward()
     expected = 2 * 0.8 * (0.3 - 0.1) / all_open / 4
@@ -45,7 +46,7 @@ def test_paper_mode_uses_the_soft_expectation_and_realised_mode_what_runs():
                         expected_flops=expected, realised_body_flops=runs.detach(), realised_flops=runs.detach(),
                         budget_body_flops=runs)
     paper = BudgetLoss(100.0, mu=0.2, lam=0.5, mode="paper", warmup=0.0, ramp=0.0)
-    realised = BudgetLoss(100.0, mu=0.2, lam=0.5, mode="realised", warmup=0.0, ramp=0.0, adaptive=False)
+    realised = BudgetLoss(100.0, mu=0.2, lam=0.5, mode="realised", warmup=0.0, ramp=0.0, adaptive=False, penalty="square")
     assert float(paper(out, 0, 10)) == pytest.approx(0.0)
     assert float(realised(out, 0, 10)) == pytest.approx(0.5 * (0.6 - 0.2) ** 2)
     assert not paper.adaptive and realised.mode == "realised"
@@ -133,21 +134,30 @@ def test_resume_restores_the_dual_weight_exactly(tmp_path):
 
 # --- the Lagrangian penalty and the budget gradient kept apart from the cross-entropy's -----------------
 def test_lagrangian_penalty_by_hand_and_its_dual_step():
-    """penalty 'linear': loss lam * (mean ratio - mu), gradient lam / all_open / N per image; the dual step
-    lam += rate * lam_init * (r - mu) / mu, never below 0 nor above the cap (numbers worked by hand)."""
+    """penalty 'linear': loss lam * (mean ratio - mu), gradient lam / all_open / N per image, which does not
+    vanish at the target; lambda follows the same dual rule as 'square' (x exp(rate * d), d = (r - mu) / mu
+    clamped to [-1, 1], kept in [lam_init, cap]); numbers worked by hand."""
     loss = BudgetLoss(100.0, mu=0.2, lam=0.5, warmup=0.0, ramp=0.0, rate=0.1, penalty="linear")
-    out = _fake_output(0.6)  # r = 0.6: step 0.1 * 0.5 * (0.6 - 0.2) / 0.2 = +0.1
+    out = _fake_output(0.6)  # r = 0.6: relative deviation 2, clamped to 1: lambda 0.5 * exp(0.1 * 1)
     value = loss(out, 0, 100)
-    assert loss.lam_now == pytest.approx(0.6)
-    assert float(value) == pytest.approx(0.6 * (0.6 - 0.2))
+    lam = 0.5 * math.exp(0.1)
+    assert loss.lam_now == pytest.approx(lam)
+    assert float(value) == pytest.approx(lam * (0.6 - 0.2))
     value.backward()
-    assert torch.allclose(out.budget_body_flops.grad, torch.full((4,), 0.6 / 100.0 / 4))
-    for step in range(1, 4):  # r = 0.1: step 0.1 * 0.5 * (-0.5) = -0.025 each
-        loss(_fake_output(0.1), step, 100)
-    assert loss.lam_now == pytest.approx(0.6 - 3 * 0.025)
-    for step in range(4, 100):  # stays at 0 (the budget is an upper limit), not negative
+    assert torch.allclose(out.budget_body_flops.grad, torch.full((4,), lam / 100.0 / 4))
+    near = BudgetLoss(100.0, mu=0.2, lam=0.5, warmup=0.0, ramp=0.0, adaptive=False, penalty="linear")
+    out = _fake_output(0.2)  # on target: the value is 0 but the push is still lam per unit ratio
+    value = near(out, 0, 100)
+    value.backward()
+    assert float(value) == pytest.approx(0.0, abs=1e-12)
+    assert torch.allclose(out.budget_body_flops.grad, torch.full((4,), 0.5 / 100.0 / 4))
+    loss(_fake_output(0.3), 1, 100)  # relative deviation 0.5: x exp(0.05)
+    loss(_fake_output(0.1), 2, 100)  # -0.5: x exp(-0.05)
+    loss(_fake_output(0.15), 3, 100)  # -0.25: x exp(-0.025)
+    assert loss.lam_now == pytest.approx(0.5 * math.exp(0.1 + 0.05 - 0.05 - 0.025))
+    for step in range(4, 100):  # never below its initial value
         loss(_fake_output(0.0), step, 100)
-    assert loss.lam_now == 0.0
+    assert loss.lam_now == 0.5
     capped = BudgetLoss(100.0, mu=0.1, lam=0.5, warmup=0.0, ramp=0.0, rate=1.0, penalty="linear", lam_max=2.0)
     for step in range(5):
         capped(_fake_output(0.9), step, 100)
@@ -180,7 +190,7 @@ def test_budget_gradient_apart_scope_and_clip_by_hand():
     assert norms == pytest.approx({"grad_norm_ce": 5.0, "grad_norm_extra": 6.0})
     # scope 'all', budget clipped to the training clip (its own None): (6, 8) norm 10 -> (1.5, 2.0)
     m = _TwoWeights()
-    both = BudgetLoss(100.0, mu=0.1, lam=0.5, grad_clip=None)
+    both = BudgetLoss(100.0, mu=0.1, lam=0.5, grad_scope="all", grad_clip=None)
     assert not both.separate_gradient  # nothing apart: the loop takes the usual single backward
     _backward_apart(m, 3 * m.gate_w + 4 * m.w, 6 * m.gate_w + 8 * m.w, both, grad_clip=2.5)
     assert float(m.gate_w.grad) == pytest.approx(3.0, rel=1e-5) and float(m.w.grad) == pytest.approx(4.0, rel=1e-5)
@@ -205,3 +215,26 @@ def test_gate_scoped_budget_leaves_every_other_weight_on_the_cross_entropy_alone
     for n in others:
         assert torch.equal(plain[n], gated[n]), n
     assert any(not torch.equal(plain[n], gated[n]) for n in gates)
+
+
+def test_a_checkpoint_of_another_penalty_or_scope_is_refused_on_resume():
+    """A run trained with one penalty/scope cannot silently continue with another; checkpoints written before
+    the two existed ({'lam_now'} only) were 'square' on every weight."""
+    new = BudgetLoss(100.0, mu=0.1, lam=0.5, penalty="linear", grad_scope="gates")
+    new.load_state_dict({"lam_now": 3.0, "penalty": "linear", "grad_scope": "gates"})
+    assert new.lam_now == 3.0
+    with pytest.raises(RoutespaceError, match="'square' on 'all' weights"):
+        new.load_state_dict({"lam_now": 3.0})
+    old = BudgetLoss(100.0, mu=0.1, lam=0.5, penalty="square", grad_scope="all")
+    old.load_state_dict({"lam_now": 2.0})
+    assert old.lam_now == 2.0 and old.state_dict() == {"lam_now": 2.0, "penalty": "square", "grad_scope": "all"}
+
+
+def test_mode_defaults_paper_is_the_released_loss_realised_the_lagrangian_on_gates():
+    paper = make_budget_loss(preset("tiny"), (64, 64), mu=0.1, lam=0.8, mode="paper")
+    realised = make_budget_loss(preset("tiny"), (64, 64), mu=0.1, lam=0.8, mode="realised")
+    assert (paper.penalty, paper.grad_scope, paper.adaptive, paper.separate_gradient) == ("square", "all", False, False)
+    assert (realised.penalty, realised.grad_scope, realised.adaptive, realised.separate_gradient) == ("linear", "gates", True, True)
+    # the warm-up (weight 0) takes the usual single backward
+    realised(_fake_output(0.5, all_open=realised.all_open_body), 0, 100)
+    assert realised.last["budget_weight"] == 0 and not realised.separate_gradient

@@ -24,6 +24,8 @@ from .settings import DEFAULT_RAMP, DEFAULT_WARMUP, check_budget_mode
 
 PENALTIES = ("square", "linear")
 GRAD_SCOPES = ("all", "gates")
+# (penalty, gradient scope) of each mode; paper = the released loss on every weight
+MODE_DEFAULTS = {"paper": ("square", "all"), "realised": ("linear", "gates")}
 LAMBDA_CAP = 50.0  # the adaptive lambda stays below this multiple of its initial value
 
 
@@ -73,8 +75,8 @@ class BudgetLoss:
         adaptive: bool | None = None,
         rate: float = 0.02,
         lam_max: float | None = None,
-        penalty: str = "square",
-        grad_scope: str = "all",
+        penalty: str | None = None,
+        grad_scope: str | None = None,
         grad_clip: float | None = None,
     ) -> None:
         check_mu(mu)
@@ -88,6 +90,9 @@ class BudgetLoss:
         self.adaptive = (mode == "realised") if adaptive is None else bool(adaptive)
         self.rate = float(rate)
         self.lam_max = float(lam_max) if lam_max is not None else LAMBDA_CAP * max(self.lam, 1e-3)
+        default_penalty, default_scope = MODE_DEFAULTS.get(mode, MODE_DEFAULTS["paper"])
+        penalty = default_penalty if penalty is None else penalty
+        grad_scope = default_scope if grad_scope is None else grad_scope
         if penalty not in PENALTIES:
             raise RoutespaceError(f"unknown budget penalty {penalty!r}: choose one of {', '.join(PENALTIES)}")
         if grad_scope not in GRAD_SCOPES:
@@ -102,8 +107,9 @@ class BudgetLoss:
     @property
     def separate_gradient(self) -> bool:
         """The training loop computes this loss's gradient apart from the cross-entropy's (its own scope and
-        clip, see :func:`routespace.evaluators.train.fit`)."""
-        return self.grad_scope != "all" or self.grad_clip is not None
+        clip, see :func:`routespace.evaluators.train.fit`). Not while the latest step's weight was 0 (the
+        warm-up): the loss is then 0 and the usual single backward gives the same gradient, cheaper."""
+        return (self.grad_scope != "all" or self.grad_clip is not None) and self.last.get("budget_weight", 1.0) > 0
 
     def gradient_applies_to(self, name: str) -> bool:
         """Whether the budget's gradient reaches the parameter called ``name`` (``gates``: gate heads only)."""
@@ -114,11 +120,9 @@ class BudgetLoss:
         ratio = float(output.realised_body_flops.detach().mean()) / self.all_open_body
         if self.adaptive and weight > 0 and self.lam > 0:
             mean_ratio = _mean_over_processes(ratio)
-            if self.penalty == "linear":  # dual ascent: additive step, lambda >= 0 (the budget is an upper limit)
-                step = self.rate * self.lam * (mean_ratio - self.mu) / self.mu
-                self.lam_now = min(self.lam_max, max(0.0, self.lam_now + step))
-            else:
-                self.lam_now = min(self.lam_max, max(self.lam, self.lam_now * math.exp(self.rate * (mean_ratio - self.mu) / self.mu)))
+            # relative deviation clamped to [-1, 1]: lambda moves by at most a factor exp(rate) per step either way
+            deviation = min(1.0, (mean_ratio - self.mu) / self.mu)
+            self.lam_now = min(self.lam_max, max(self.lam, self.lam_now * math.exp(self.rate * deviation)))
         body = output.budget_body_flops if self.mode == "realised" else output.expected_body_flops
         if self.penalty == "linear":
             loss = lagrangian_budget_loss(body, self.all_open_body, self.mu, self.lam_now * weight)
@@ -130,9 +134,17 @@ class BudgetLoss:
         return loss
 
     def state_dict(self) -> dict:
-        return {"lam_now": self.lam_now}
+        return {"lam_now": self.lam_now, "penalty": self.penalty, "grad_scope": self.grad_scope}
 
     def load_state_dict(self, state: dict) -> None:
+        # checkpoints from before the penalty and scope existed were trained with 'square' on every weight
+        saved = (state.get("penalty", "square"), state.get("grad_scope", "all"))
+        if saved != (self.penalty, self.grad_scope):
+            raise RoutespaceError(
+                f"this run's checkpoint was trained with the budget penalty {saved[0]!r} on {saved[1]!r} weights, but "
+                f"this loss uses {self.penalty!r} on {self.grad_scope!r} (the realised mode changed): finish it with the "
+                "routespace version that started it, or start a new run folder"
+            )
         self.lam_now = float(state["lam_now"])
 
 
