@@ -11,12 +11,14 @@
    first, then midpoints, so a cut-short benchmark still spans the range.
 4. Each architecture scored one-shot (``OneShotEvaluator``: the supernet's weights copied into the candidate,
    BN recalibrated on K fixed training batches of 8, mIoU on the first 64 validation images, the defaults of
-   ``routespace search --evaluator oneshot``) with the uniform supernet and the gated ones given by
-   ``--gated`` (runs of benchmarks/bench_budget.py), for K in ``--calibration`` (default 0 2 4 8; 0 = the
+   ``routespace search --evaluator oneshot``) with the uniform supernet and the others given by
+   ``--supernets`` (gated runs of benchmarks/bench_budget.py), for K in ``--calibration`` (default 0 2 4 8; 0 = the
    supernet's own running statistics). Kendall tau-b between one-shot score and stand-alone mIoU.
 5. Speed: ``--speed-trials`` (default 200) trials of ``routespace search --evaluator oneshot`` (random
-   strategy, uniform supernet, K=4, SQLite storage, everything a search does) timed end to end, against
-   ``--proxy-trials`` (default 3) trials of the default proxy evaluator (200 training steps each).
+   strategy, uniform supernet, K=4, SQLite storage, everything a search does, loading the supernet included)
+   timed end to end, against ``--proxy-trials`` (default 3) trials of the default proxy evaluator (200
+   training steps each). Wall and CPU seconds of this process are both given: on a shared machine the wall
+   time says more about the other processes than about routespace (the 1-minute load average is recorded).
 
 Run: ``python benchmarks/bench_oneshot.py --out runs/oneshot``; ``--train-only`` stops after step 3.
 Last line: one JSON object.
@@ -156,13 +158,23 @@ def standalone_miou(out: Path, keys: list[str]) -> dict[str, float]:
     return {k: cache[k] for k in keys if k in cache}
 
 
-def oneshot_scores(run: Path, archs: list, ks: list[int]) -> dict[int, list[float]]:
+def oneshot_scores(out: Path, name: str, run: Path, archs: list, keys: list[str], ks: list[int]) -> dict[int, list[float]]:
+    """One-shot mIoU of every architecture for each K (cached in OUT/oneshot_scores.json by supernet, K, key)."""
     from routespace.search.dynamic.oneshot import OneShotEvaluator
+    from routespace.spaces.fileio import write_json_atomic
 
+    cache_file = out / "oneshot_scores.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     scores = {}
     for k in ks:
-        ev = OneShotEvaluator.from_run(run, calibration_batches=k)
-        scores[k] = [ev(a).miou for a in archs]
+        entry = cache.setdefault(f"{name}|K={k}", {})
+        missing = [i for i, key in enumerate(keys) if key not in entry]
+        if missing:
+            ev = OneShotEvaluator.from_run(run, calibration_batches=k)
+            for i in missing:
+                entry[keys[i]] = ev(archs[i]).miou
+            write_json_atomic(cache_file, cache)
+        scores[k] = [entry[key] for key in keys]
     return scores
 
 
@@ -179,11 +191,14 @@ def time_search(out: Path, evaluator: dict, trials: int, name: str) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     config = SearchConfig(space=preset("tiny"), encoding="path", strategy="random", arch_budget=ArchBudget(),
                           search_budget=SearchBudget(trials=trials), evaluator=evaluator, study=name)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     outcome = run_search(config, folder, progress=True)
-    seconds = time.perf_counter() - t0
-    return {"trials": outcome.evaluated + outcome.duplicates, "evaluated": outcome.evaluated, "seconds": round(seconds, 2),
-            "trials_per_s": round((outcome.evaluated + outcome.duplicates) / seconds, 3)}
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = outcome.evaluated + outcome.duplicates
+    load = os.getloadavg()[0]
+    return {"trials": n, "evaluated": outcome.evaluated, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+            "trials_per_s": round(n / seconds, 3), "trials_per_cpu_s": round(n / cpu, 3),
+            "seconds_for_200_at_one_free_core": round(200 * cpu / n, 1), "load_average_1min_at_end": load}
 
 
 def main() -> None:
@@ -193,11 +208,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the architecture pick")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the tiny preset's 1500)")
     p.add_argument("--parallel", type=int, default=2)
-    p.add_argument("--gated", nargs="*", default=["runs/bench_budget/raw-s0", "runs/bench_budget/C-paper-s0",
-                                                  "runs/bench_budget/A-paper-s0"])
+    p.add_argument("--supernets", nargs="*", default=["runs/bench_budget/raw-s0", "runs/bench_budget/C-paper-s0",
+                                                      "runs/bench_budget/A-paper-s0", "runs/oneshot/uniform-perimage-s0"],
+                   help="other supernet runs to score with besides OUT/uniform-s0 (default: gated runs of "
+                   "benchmarks/bench_budget.py, and the per-image uniform supernet of the first version, where present)")
     p.add_argument("--calibration", type=int, nargs="+", default=[0, 2, 4, 8])
     p.add_argument("--speed-trials", type=int, default=200)
-    p.add_argument("--proxy-trials", type=int, default=3)
+    p.add_argument("--proxy-trials", type=int, default=3, help="0: no proxy timing")
+    p.add_argument("--rerun-speed", action="store_true", help="time the searches again (default: reuse OUT/speed.json)")
     p.add_argument("--train-only", action="store_true")
     p.add_argument("--no-train", action="store_true", help="train nothing: report what is finished")
     a = p.parse_args()
@@ -221,26 +239,32 @@ def main() -> None:
     rows = [{"key": keys[i], "path": [s for _, s in sorted(archs[i].nodes)][1:], "gflops": architecture_cost(archs[i]).gflops,
              "standalone_miou": stand[keys[i]]} for i in have]
     supernets = {"uniform-s0": out / "uniform-s0"} if _done(out / "uniform-s0") else {}
-    supernets.update({Path(g).name: Path(g) for g in a.gated if _done(Path(g))})
+    supernets.update({Path(g).name: Path(g) for g in a.supernets if _done(Path(g))})
     tau: dict[str, dict[int, float]] = {}
     for name, run in supernets.items():
-        scores = oneshot_scores(run, [archs[i] for i in have], a.calibration)
-        tau[name] = {k: kendall_tau(s, truth) for k, s in scores.items()}
+        every = oneshot_scores(out, name, run, archs, keys, a.calibration)  # all picked, trained or not yet
+        scores = {k: [v[i] for i in have] for k, v in every.items()}
+        tau[name] = {k: round(kendall_tau(s, truth), 4) for k, s in scores.items()}
         for row, j in zip(rows, range(len(have))):
-            row[name] = {k: scores[k][j] for k in a.calibration}
+            row[name] = {k: round(scores[k][j], 4) for k in a.calibration}
         print(f"{name}: Kendall tau vs stand-alone mIoU (n={len(have)}) by BN calibration batches: "
               + ", ".join(f"K={k}: {t:.3f}" for k, t in tau[name].items()), flush=True)
     for row in rows:
         print(json.dumps(row), flush=True)
-    speed = {}
-    if "uniform-s0" in supernets and a.speed_trials:
+    from routespace.spaces.fileio import write_json_atomic
+
+    speed_file = out / "speed.json"
+    speed = json.loads(speed_file.read_text()) if speed_file.exists() else {}
+    if "uniform-s0" in supernets and a.speed_trials and ("oneshot" not in speed or a.rerun_speed):
         speed["oneshot"] = time_search(out, {"kind": "oneshot", "supernet": str(out / "uniform-s0"), "calibration_batches": 4},
                                        a.speed_trials, "speed-oneshot")
-        print(f"one-shot search: {speed['oneshot']}", flush=True)
-    if a.proxy_trials:
+        write_json_atomic(speed_file, speed)
+    if a.proxy_trials and ("proxy" not in speed or a.rerun_speed):
         speed["proxy"] = time_search(out, {"kind": "proxy", "data": "synthetic", "steps": 200, "batch_size": 8, "val_images": 64},
                                      a.proxy_trials, "speed-proxy")
-        print(f"proxy search: {speed['proxy']}", flush=True)
+        write_json_atomic(speed_file, speed)
+    for kind, figures in speed.items():
+        print(f"{kind} search: {figures}", flush=True)
     gf = [r["gflops"] for r in rows]
     print(json.dumps({"n": len(have), "archs_picked": len(archs), "gflops_range": [min(gf), max(gf)] if gf else None,
                       "kendall_tau": tau, "standalone_miou_range": [min(truth), max(truth)] if truth else None,

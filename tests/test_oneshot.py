@@ -144,9 +144,15 @@ def test_uniform_supernet_and_a_oneshot_search_from_the_cli(tmp_path, capsys):
     net = UniformPathNet(SPACE).train()
     torch.manual_seed(3)
     gates = net.sample_gates(5)
+    paths = set()
     for i in range(5):  # each image's forced gates are one valid single path: one open edge per layer
         open_edges = [k for n, ks in net.out_keys.items() for j, k in enumerate(ks) if gates[n][i, j] > 0 and k[0] != "out"]
         assert sorted(e[0] for e in open_edges) == list(range(1, SPACE.layers + 1))
+        paths.add(tuple(sorted(open_edges)))
+    assert len(paths) == 1  # one path per step for the whole batch (SPOS)
+    draws = {tuple(sorted((n, j) for n, g in net.sample_gates(1).items() for j in range(g.shape[1]) if g[0, j] > 0))
+             for _ in range(40)}
+    assert len(draws) > 5  # and different paths in different steps
 
     sup = tmp_path / "sup"
     assert main(["train", "--out", str(sup), "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--size", "32x32",

@@ -1,8 +1,10 @@
 """A supernet trained for searching (SPOS-style uniform path sampling, ``routespace train --sampling uniform``):
-in every training step each image takes a uniformly drawn single path through the space (its edges forced
-open, every other gate closed), so every path's weights are trained about equally often and the supernet
-can score any path one-shot (``routespace.search.dynamic.oneshot``). Inference and evaluation use the gates
-as usual; one-shot scoring forces them."""
+every training step draws one uniform random single path through the space for the whole batch (its edges
+forced open, every other gate closed), so every path's weights are trained about equally often and the supernet
+can score any path one-shot (``routespace.search.dynamic.oneshot``). One path per batch, as in SPOS: an earlier
+version drew a path per image (so every BN layer normalised batches in which most images were off its path),
+and the tiny-preset supernet it trained never left the majority-class prediction (loss at the class prior from
+step 150 to 1500; every path scored the same one-shot mIoU; benchmarks/bench_oneshot.py). Inference and evaluation use the gates as usual; one-shot scoring forces them."""
 from __future__ import annotations
 
 import torch
@@ -14,8 +16,8 @@ SAMPLINGS = ("gates", "uniform")
 
 
 class UniformPathNet(DynamicNet):
-    """A :class:`DynamicNet` whose training forward draws one uniform random path per image (seeded by the
-    global torch RNG, which the training loop seeds and checkpoints)."""
+    """A :class:`DynamicNet` whose training forward draws one uniform random path per step for the batch (seeded
+    by the global torch RNG, which the training loop seeds and checkpoints)."""
 
     sampling = "uniform"
 
@@ -23,19 +25,15 @@ class UniformPathNet(DynamicNet):
         return {**super().spec(), "sampling": self.sampling}
 
     def sample_gates(self, n: int) -> dict:
+        """Forced gates (n, k) per node: one path drawn uniformly move by move, the same for all ``n`` images."""
         from .oneshot import forced_gates
 
-        rows: dict = {}
-        for i in range(n):
-            scales, prev = [], 0
-            for layer in range(1, self.space.layers + 1):
-                allowed = [s for s in (prev - 1, prev, prev + 1) if s in self.space.scales_at(layer)]
-                prev = allowed[int(torch.randint(len(allowed), (1,)))]
-                scales.append(prev)
-            gates = forced_gates(self, Architecture.from_path(self.space, scales), 1)
-            for node, g in gates.items():
-                rows.setdefault(node, []).append(g)
-        return {node: torch.cat(gs) for node, gs in rows.items()}
+        scales, prev = [], 0
+        for layer in range(1, self.space.layers + 1):
+            allowed = [s for s in (prev - 1, prev, prev + 1) if s in self.space.scales_at(layer)]
+            prev = allowed[int(torch.randint(len(allowed), (1,)))]
+            scales.append(prev)
+        return forced_gates(self, Architecture.from_path(self.space, scales), n)
 
     def forward(self, x: torch.Tensor, gate_override: dict | None = None) -> RoutingOutput:
         if self.training and gate_override is None:
