@@ -13,7 +13,8 @@ trained static row the dynamic rows' wall time instead: its steps are ``steps x 
 the training-step costs measured at the start, in one process, interleaved round-robin (``step-costs.json``).
 
 Resumable: a row's evaluation is written atomically to ``rows/<row>-s<seed>.json`` once its run is done;
-a rerun of the same command skips those rows and resumes a half-trained run from its checkpoint. Rows are
+a rerun of the same command skips those rows and resumes a half-trained run from its checkpoint, and the
+same comparison with more seeds extends the folder (the runs it has are kept). Rows are
 trained by ``workers`` processes with one torch thread each (``torch.use_deterministic_algorithms`` on),
 so the table is the same for any number of workers. Latency is measured at the end for every row in one
 loop, interleaved round-robin (``latency.json``), so load on the machine shifts all rows alike.
@@ -180,8 +181,8 @@ def _check_folder(out: Path, settings: CompareSettings, overwrite: bool) -> None
             old = json.loads(manifest.read_text())
         except (OSError, ValueError):
             old = None
-        if isinstance(old, dict) and old.get("settings") == settings.to_dict():
-            return  # same comparison: resume
+        if isinstance(old, dict) and _without_seeds(old.get("settings")) == _without_seeds(settings.to_dict()):
+            return  # same comparison (resumed), or the same one with other seeds: each (row, seed) run is kept
         if not overwrite:
             raise RoutespaceError(
                 f"{out} already holds a different comparison (other settings): choose another --out or pass --overwrite"
@@ -191,6 +192,14 @@ def _check_folder(out: Path, settings: CompareSettings, overwrite: bool) -> None
     if overwrite:
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _without_seeds(settings: object) -> object:
+    """A comparison's settings less its seeds: rows are runs per (row, seed), so a comparison rerun with
+    more seeds (or ``headline`` rows) extends the same folder and keeps the runs it has."""
+    if not isinstance(settings, dict):
+        return settings
+    return {k: v for k, v in settings.items() if k not in ("seeds", "headline_seeds_only")}
 
 
 # --- the rows as `routespace train` requests ----------------------------------------------------------------

@@ -205,15 +205,16 @@ def test_time_protocol_gives_static_rows_the_dynamic_wall_time(tmp_path):
     assert ratio > 1 and f"deeplabv3 {ratio:.1f}" in (tmp_path / "t" / "report.md").read_text()
 
 
-def test_killed_compare_skips_the_rows_done_before_the_kill(run, settings, tmp_path):
+def test_killed_compare_skips_the_rows_done_before_the_kill(run, tmp_path):
+    """SIGKILL `routespace compare` after its first finished row; the rerun keeps that row (file and
+    checkpoint untouched), trains the rest, and every row equals the same row of the uninterrupted fixture."""
     out = tmp_path / "victim"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "routespace.cli.main", "compare", "--out", str(out), "--steps", "3",
-                             "--dynamic", "C", "--classics", "deeplabv3", "fcn32s", "--val-images", "6", "--batch-size", "2",
-                             "--latency-repeats", "2", "--add", settings.add[0], "--workers", "1", "--quiet"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    flags = ["--steps", "3", "--dynamic", "C", "--classics", "fcn32s", "--no-random", "--val-images", "6",
+             "--batch-size", "2", "--latency-repeats", "0", "--workers", "1", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "routespace.cli.main", "compare", "--out", str(out), *flags],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.monotonic()
-    while not list((out / "rows").glob("*.json")) if out.exists() else True:
+    while not list((out / "rows").glob("*.json")):
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() - t0 < 300
         time.sleep(0.05)
@@ -222,14 +223,35 @@ def test_killed_compare_skips_the_rows_done_before_the_kill(run, settings, tmp_p
     proc.stderr.close()
     done = {p.name: p.read_bytes() for p in (out / "rows").glob("*.json")}
     finals = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/checkpoints/final.pt")}
-    assert done and not (out / "comparison.json").exists()
-    # the same comparison, resumed in this process (settings made from the same flags, so the folder matches)
-    s = CompareSettings(**{**TINY, "latency_repeats": 2, "curve_points": 6}, add=settings.add)
-    again = compare(out, s, progress=False, command="test")
+    assert done and finals and not (out / "comparison.json").exists()
+    assert main(["compare", "--out", str(out), *flags]) == 0
     assert {p.name: p.read_bytes() for p in (out / "rows").glob("*.json") if p.name in done} == done
     assert {p: p.stat().st_mtime_ns for p in finals} == finals
+    again = json.loads((out / "comparison.json").read_text())
+    assert [r["name"] for r in again["rows"]] == ["Dynamic-C", "Common-C", "fcn32s"]
     ref = {r["name"]: r["miou"] for r in run[1]["rows"]}
-    assert {r["name"]: r["miou"] for r in again["rows"]} == ref  # and the same table as the uninterrupted run
+    assert all(r["miou"] == ref[r["name"]] for r in again["rows"])  # the same runs as the fixture's, bit for bit
+
+
+def test_more_seeds_extend_a_comparison(run, settings, tmp_path):
+    """The same comparison with another seed for a headline row keeps every run it has and trains only the
+    new one; the row's mean ± std is that of its seeds' rows."""
+    import dataclasses
+    import shutil
+    import statistics
+
+    out = tmp_path / "ext"
+    shutil.copytree(run[0], out)
+    finals = {p.relative_to(out): p.read_bytes() for p in (out / "runs").glob("*/checkpoints/final.pt")}
+    more = dataclasses.replace(settings, seeds=(0, 1), headline_seeds_only=("Dynamic-C",))
+    result = compare(out, more, progress=False, command="test")
+    assert {p.relative_to(out): p.read_bytes() for p in (out / "runs").glob("*-s0/checkpoints/final.pt")} == finals
+    assert sorted(p.name for p in (out / "runs").glob("*-s1")) == ["Dynamic-C-s1"]
+    dyn = result["rows"][0]
+    per_seed = [json.loads((out / "rows" / f"Dynamic-C-s{s}.json").read_text())["miou"] for s in (0, 1)]
+    assert dyn["seeds"] == [0, 1] and dyn["miou"] == pytest.approx(statistics.fmean(per_seed))
+    assert dyn["miou_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2))
+    assert [r["seeds"] for r in result["rows"][1:]] == [[0]] * 4 + [[5]]
 
 
 def test_bad_settings(added):

@@ -59,5 +59,5 @@ def plot_learning_curves(curves: Mapping[str, Mapping], title: str | None = None
         steps, miou = zip(*c["points"]) if c["points"] else ((), ())
         ax.plot(steps, miou, marker=marker, color=color, linewidth=1.4, markersize=6, label=f"{name} ({c['kind']})")
     style_axes(ax, "training steps", "mIoU (validation)", title or "learning curves")
-    ax.legend(fontsize=SMALL, loc="lower right", frameon=True, framealpha=0.92, edgecolor="none")
+    ax.legend(fontsize=SMALL, loc="best", frameon=True, framealpha=0.92, edgecolor="none")
     return fig
