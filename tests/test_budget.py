@@ -238,3 +238,39 @@ def test_mode_defaults_paper_is_the_released_loss_realised_the_lagrangian_on_gat
     # the warm-up (weight 0) takes the usual single backward
     realised(_fake_output(0.5, all_open=realised.all_open_body), 0, 100)
     assert realised.last["budget_weight"] == 0 and not realised.separate_gradient
+
+
+_DDP_WORKER = r'''
+import os, sys, torch
+torch.set_num_threads(1)
+from test_train_support import NoiseSegmentation, param_digest
+from routespace.evaluators.train import TrainConfig, fit
+from routespace.search.dynamic.budget import BudgetLoss
+from routespace.spaces.space import RoutingSpace
+from routespace.spaces.supernet import DynamicNet, body_flops_all_open
+space = RoutingSpace(layers=3, base_channels=8, num_classes=3, input_size=(32, 32), name="small")
+torch.manual_seed(0)
+net = DynamicNet(space)
+loss = BudgetLoss(body_flops_all_open(space, (32, 32)), mu=0.05, lam=5.0, warmup=0.0, ramp=0.0)
+fit(net, NoiseSegmentation(16), TrainConfig(steps=3, batch_size=2, lr=3e-3, optimizer="adamw", seed=0),
+    extra_loss=loss, progress=False, tensorboard=False)
+with open(sys.argv[1] + "." + os.environ["RANK"], "w") as fh:
+    fh.write(param_digest(net, buffers=False) + " %r" % loss.lam_now)
+'''
+
+
+def test_gate_scoped_budget_under_two_processes_keeps_every_rank_equal(tmp_path):
+    """torchrun, 2 processes (gloo): the budget's gradient, computed apart from DDP's hooks, is averaged over
+    the ranks, so gate weights (and lambda) stay equal although each rank sees other images."""
+    import subprocess
+
+    from test_train_support import PYTHON, subprocess_env
+
+    worker = tmp_path / "ddp_budget_worker.py"
+    worker.write_text(_DDP_WORKER)
+    digest = tmp_path / "digest"
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker), str(digest)]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = (tmp_path / "digest.0").read_text(), (tmp_path / "digest.1").read_text()
+    assert a == b
