@@ -418,7 +418,9 @@ def fit(
     open rates) as TensorBoard events into ``out_dir/tb`` (when tensorboard is installed; rank 0 only).
 
     ``out_dir`` is the run folder (manifest, history, checkpoints); None trains without files.
-    ``extra_loss(output, step, total_steps)`` is added to the cross-entropy. ``resume=True`` continues
+    ``extra_loss(output, step, total_steps)`` is added to the cross-entropy; one whose ``separate_gradient``
+    is true gets its own gradient (on the parameters its ``gradient_applies_to(name)`` picks, clipped to its
+    ``grad_clip``), added after the cross-entropy's was clipped (the realised budget mode). ``resume=True`` continues
     the run in ``out_dir`` from its latest checkpoint (same settings required). ``meta`` may give
     ``kind``, ``spec``, ``extra`` (recorded in the manifest and compared on resume), ``command`` and
     ``resume_command`` (shown when interrupted); defaults come from the model.
