@@ -165,17 +165,24 @@ def oneshot_scores(out: Path, name: str, run: Path, archs: list, keys: list[str]
 
     cache_file = out / "oneshot_scores.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    scores = {}
+    scores, loaded = {}, None
     for k in ks:
         entry = cache.setdefault(f"{name}|K={k}", {})
         missing = [i for i, key in enumerate(keys) if key not in entry]
         if missing:
-            ev = OneShotEvaluator.from_run(run, calibration_batches=k)
+            # the run is loaded once: K batches are the first K of the same seeded draw (what from_run(K) takes)
+            loaded = loaded or OneShotEvaluator.from_run(run, calibration_batches=max(ks))
+            ev = OneShotEvaluator(loaded.net, loaded.calibration[:k], loaded.validation)
             for i in missing:
                 entry[keys[i]] = ev(archs[i]).miou
             write_json_atomic(cache_file, cache)
         scores[k] = [entry[key] for key in keys]
     return scores
+
+
+def _plain(tau: float) -> float | None:
+    """Rounded; None for NaN (a constant score list), so the final line stays JSON."""
+    return None if tau != tau else round(tau, 4)
 
 
 def time_search(out: Path, evaluator: dict, trials: int, name: str) -> dict:
@@ -244,11 +251,11 @@ def main() -> None:
     for name, run in supernets.items():
         every = oneshot_scores(out, name, run, archs, keys, a.calibration)  # all picked, trained or not yet
         scores = {k: [v[i] for i in have] for k, v in every.items()}
-        tau[name] = {k: round(kendall_tau(s, truth), 4) for k, s in scores.items()}
+        tau[name] = {k: _plain(kendall_tau(s, truth)) for k, s in scores.items()}
         for row, j in zip(rows, range(len(have))):
             row[name] = {k: round(scores[k][j], 4) for k in a.calibration}
         print(f"{name}: Kendall tau vs stand-alone mIoU (n={len(have)}) by BN calibration batches: "
-              + ", ".join(f"K={k}: {t:.3f}" for k, t in tau[name].items()), flush=True)
+              + ", ".join(f"K={k}: {t}" for k, t in tau[name].items()), flush=True)
     for row in rows:
         print(json.dumps(row), flush=True)
     from routespace.spaces.fileio import write_json_atomic
