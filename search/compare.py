@@ -130,6 +130,11 @@ class CompareSettings:
                                       f"{self.data!r}: its mIoU would not be comparable")
             if name in names:
                 raise RoutespaceError(f"--add {text}: a row is already called {name!r}: add it as NAME={path}")
+            size = tuple(preset(self.preset).input_size)
+            if record.eval_size(size) != size:
+                h, w = record.eval_size()
+                raise RoutespaceError(f"--add {text}: run {run} is evaluated at {h}x{w}, the comparison at "
+                                      f"{size[0]}x{size[1]}: its mIoU and GFLOPs would not be comparable")
             names.add(name)
             out.append((name, run.resolve()))
         return out

@@ -307,6 +307,8 @@ CASES: list[Case] = [
          "is not finished (no final checkpoint)", ("static-run/",)),
     Case("compare adding a run under a row's name", ("compare", "--out", "{dir}/cmp", "--add", "unet={dir}/finished-run"),
          "a row is already called 'unet'", ("finished-run/",)),
+    Case("compare adding a run of another size", ("compare", "--out", "{dir}/cmp", "--add", "{dir}/finished-run"),
+         "is evaluated at 32x32, the comparison at 64x64", ("finished-run/",)),
     # config files (`train --config`, `config dump`)
     Case("unknown key in a config", ("train", "--out", "{dir}/run", "--config", "{dir}/typo.yaml"),
          "config {dir}/typo.yaml: unknown key 'stepz': allowed are preset, data", ("typo.yaml",)),
