@@ -29,8 +29,9 @@ def register(sub) -> None:
     b.add_argument("--setting", default=None, metavar="NAME",
                    help="released setting: " + "; ".join(s.description for s in SETTINGS.values()) + f" (default {DEFAULT_SETTING})")
     b.add_argument("--budget-mode", default=None, metavar="MODE",
-                   help="paper: the released soft loss on expected FLOPs, fixed lambda; realised: the same on the FLOPs "
-                   f"that really run, adaptive lambda, so mu holds on what runs (default {DEFAULT_BUDGET_MODE})")
+                   help="paper: the released soft loss on expected FLOPs, fixed lambda; realised: a Lagrangian term "
+                   "lambda*(r-mu) on the FLOPs that really run, dual lambda, its gradient on the gate heads only "
+                   f"and clipped apart from the cross-entropy's (default {DEFAULT_BUDGET_MODE})")
     b.add_argument("--gate-resolution", default=None, metavar="RES",
                    help="full, or quarter (the small gate: input bilinearly scaled by 0.25); default from the setting")
     b.add_argument("--budget-mu", type=float, default=None, metavar="MU", help="target body FLOPs as a fraction of the all-open body, in (0, 1] (default from the setting)")
