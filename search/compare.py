@@ -238,7 +238,7 @@ def request_argv(req) -> list[str]:
             argv += [f"--{key.replace('_', '-')}", str(req.train[key])]
     if not req.tensorboard:
         argv.append("--no-tensorboard")
-    return argv
+    return argv + ["--threads", "1"]  # rows train on one thread; the same count reproduces them bit for bit
 
 
 def _row_path(out: Path, key: str) -> Path:
