@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -218,7 +219,7 @@ def test_lost_connection_is_retried_and_other_errors_are_not(monkeypatch):
 
     class Fake:
         def __init__(self, failures):
-            self._outage_local, self.failures, self.calls = __import__("threading").local(), list(failures), 0
+            self._outage_local, self.failures, self.calls = threading.local(), list(failures), 0
             self.engine, self.scoped_session = Engine(), type("S", (), {"remove": lambda self: None})()
 
         def op(self):
