@@ -41,10 +41,10 @@ BUNDLED_PACKAGE = "routespace.configs"
 MAX_BYTES = 1_000_000
 TOP_KEYS = ("preset", "data", "size", "val_size", "arch", "setting", "gate_resolution", "sampling", "budget", "train")
 SAMPLINGS = ("gates", "uniform")  # `routespace train --sampling`
-BUDGET_KEYS = ("mode", "mu", "gflops", "lambda", "warmup", "ramp", "adaptive")
+BUDGET_KEYS = ("mode", "mu", "gflops", "lambda", "warmup", "ramp", "anneal", "adaptive")
 # budget key -> the `routespace train` flag (attribute) it stands for
 BUDGET_FLAG = {"mode": "budget_mode", "mu": "budget_mu", "gflops": "budget_gflops", "lambda": "budget_lambda",
-               "warmup": "budget_warmup", "ramp": "budget_ramp"}
+               "warmup": "budget_warmup", "ramp": "budget_ramp", "anneal": "budget_anneal"}
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")  # YAML 1.1 reads 5e-2 as a string
 
 
@@ -261,7 +261,7 @@ def _check_budget(value: Any, check_mu, check_budget_mode) -> dict:
     b = {k: v for k, v in value.items() if v is not None}
     if "mode" in b:
         check_budget_mode(_typed(b["mode"], str, "budget.mode"))
-    for key in ("mu", "gflops", "lambda", "warmup", "ramp"):
+    for key in ("mu", "gflops", "lambda", "warmup", "ramp", "anneal"):
         if key in b:
             b[key] = _typed(b[key], float, f"budget.{key}")
     if "adaptive" in b:
@@ -274,7 +274,7 @@ def _check_budget(value: Any, check_mu, check_budget_mode) -> dict:
         raise RoutespaceError(f"budget.gflops must be positive, got {b['gflops']}")
     if "lambda" in b and not b["lambda"] >= 0:
         raise RoutespaceError(f"budget.lambda must be >= 0, got {b['lambda']}")
-    for key in ("warmup", "ramp"):
+    for key in ("warmup", "ramp", "anneal"):
         if key in b and not 0 <= b[key] <= 1:
             raise RoutespaceError(f"budget.{key} is a fraction of training in [0, 1], got {b[key]}")
     if b.get("adaptive") and b.get("mode") == "paper":
@@ -347,7 +347,7 @@ def config_of_manifest(manifest: dict, source: str) -> dict:
                               "so it has no config to dump")
     budget = cli.get("budget")
     if isinstance(budget, dict):
-        budget = {k: budget.get(k) for k in BUDGET_KEYS}
+        budget = {k: budget.get(k) for k in BUDGET_KEYS if k != "anneal" or k in budget}  # anneal: only when recorded
         if budget.get("gflops") is not None:
             budget["mu"] = None  # mu was converted from the GFLOPs target: the target is the setting
     size = cli.get("size")

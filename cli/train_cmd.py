@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from ..search.dynamic.settings import DEFAULT_BUDGET_MODE, DEFAULT_RAMP, DEFAULT_WARMUP, SETTINGS
+from ..search.dynamic.settings import DEFAULT_ANNEAL, DEFAULT_BUDGET_MODE, DEFAULT_RAMP, DEFAULT_WARMUP, SETTINGS
 from ..search.steps import DEFAULT_SETTING
 
 
@@ -41,6 +41,9 @@ def register(sub) -> None:
     b.add_argument("--budget-lambda", type=float, default=None, metavar="LAMBDA", help="weight of the budget loss (default from the setting)")
     b.add_argument("--budget-warmup", type=float, default=None, metavar="FRAC", help=f"fraction of training before the budget loss starts (default {DEFAULT_WARMUP})")
     b.add_argument("--budget-ramp", type=float, default=None, metavar="FRAC", help=f"fraction of training over which it ramps to full lambda (default {DEFAULT_RAMP})")
+    b.add_argument("--budget-anneal", type=float, default=None, metavar="FRAC",
+                   help="realised mode: the target falls linearly from the ratio at switch-on to mu over this fraction of "
+                   f"training, lambda rising from 0 by dual ascent (default {DEFAULT_ANNEAL}; 0: the target is mu at once)")
     b.add_argument("--no-budget", action="store_true", help="train without the budget loss")
     b.add_argument("--sampling", default=None, choices=("gates", "uniform"),
                    help="gates: the dynamic net's own soft gates (default); uniform: a uniformly drawn single path "

@@ -29,10 +29,14 @@ class BudgetRecord:
     warmup: float
     ramp: float
     adaptive: bool | None
+    anneal: float = 0.0  # fraction of training over which the realised target falls to mu (0: switched on at mu)
 
     def to_dict(self) -> dict:
-        return {"setting": self.setting, "mode": self.mode, "mu": self.mu, "gflops": self.gflops, "lambda": self.lam,
-                "warmup": self.warmup, "ramp": self.ramp, "adaptive": self.adaptive}
+        out = {"setting": self.setting, "mode": self.mode, "mu": self.mu, "gflops": self.gflops, "lambda": self.lam,
+               "warmup": self.warmup, "ramp": self.ramp, "adaptive": self.adaptive}
+        if self.anneal:  # records of runs without an annealed target stay as they were written
+            out["anneal"] = self.anneal
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "run") -> "BudgetRecord":
@@ -40,7 +44,7 @@ class BudgetRecord:
             return cls(setting=data.get("setting"), mode=str(data.get("mode", "realised")), mu=float(data["mu"]),
                        gflops=None if data.get("gflops") is None else float(data["gflops"]), lam=float(data["lambda"]),
                        warmup=float(data.get("warmup", 0.4)), ramp=float(data.get("ramp", 0.02)),
-                       adaptive=data.get("adaptive"))
+                       adaptive=data.get("adaptive"), anneal=float(data.get("anneal") or 0.0))
         except (KeyError, TypeError, ValueError):
             raise RoutespaceError(f"{source}: its budget record {dict(data)!r:.100} lacks a numeric mu or lambda") from None
 

@@ -19,12 +19,13 @@ from typing import Any, Callable, Mapping
 from ..evaluators.runrecord import SCHEMA, BudgetRecord, RunSettings
 from ..spaces.errors import RoutespaceError
 from ..spaces.layout import GATE_RESOLUTIONS
-from .dynamic.settings import DEFAULT_BUDGET_MODE, DEFAULT_RAMP, DEFAULT_WARMUP, SETTINGS, setting
+from .dynamic.settings import DEFAULT_ANNEAL, DEFAULT_BUDGET_MODE, DEFAULT_RAMP, DEFAULT_WARMUP, SETTINGS, setting
 
 DEFAULT_SETTING = "C"  # budgeted runs without --setting; --no-budget alone means 'raw'
 # Training crop per preset when no size is given (else the space's input size): the paper's 768x768.
 TRAIN_SIZES = {"paper": (768, 768)}
-_BUDGET_FIELDS = ("budget_mu", "budget_gflops", "budget_lambda", "budget_warmup", "budget_ramp", "budget_mode")
+_BUDGET_FIELDS = ("budget_mu", "budget_gflops", "budget_lambda", "budget_warmup", "budget_ramp", "budget_mode",
+                  "budget_anneal")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class TrainRequest:
     budget_lambda: float | None = None
     budget_warmup: float | None = None
     budget_ramp: float | None = None
+    budget_anneal: float | None = None
     no_budget: bool = False
     fixed_lambda: bool = False
     sampling: str | None = None
@@ -99,7 +101,7 @@ class TrainRequest:
             raise RoutespaceError(f"--budget-gflops must be positive, got {self.budget_gflops}")
         if self.budget_lambda is not None and not self.budget_lambda >= 0:
             raise RoutespaceError(f"--budget-lambda must be >= 0, got {self.budget_lambda}")
-        for flag in ("budget_warmup", "budget_ramp"):
+        for flag in ("budget_warmup", "budget_ramp", "budget_anneal"):
             v = getattr(self, flag)
             if v is not None and not 0 <= v <= 1:
                 raise RoutespaceError(f"--{flag.replace('_', '-')} is a fraction of training in [0, 1], got {v}")
@@ -174,10 +176,15 @@ def _budget(req: TrainRequest, prev: RunSettings | None, space, size, gate_resol
     mu = (mu_for_gflops(space, size, gflops, gate_resolution) if gflops is not None
           else _pick(req.budget_mu, old and old.mu, default_mu))
     adaptive = old.adaptive if old is not None else (mode == "realised" and not req.fixed_lambda)
+    default_anneal = DEFAULT_ANNEAL if mode == "realised" and adaptive else 0.0
+    anneal = _pick(req.budget_anneal, old.anneal if old is not None else None, default_anneal)
+    if anneal and not (mode == "realised" and adaptive):
+        raise RoutespaceError("--budget-anneal applies to the realised mode with its adaptive lambda only: "
+                              "leave it out with --budget-mode paper or --fixed-lambda")
     return BudgetRecord(setting=named.name, mode=mode, mu=mu, gflops=gflops,
                         lam=_pick(req.budget_lambda, old and old.lam, default_lam),
                         warmup=_pick(req.budget_warmup, old and old.warmup, DEFAULT_WARMUP),
-                        ramp=_pick(req.budget_ramp, old and old.ramp, DEFAULT_RAMP), adaptive=adaptive)
+                        ramp=_pick(req.budget_ramp, old and old.ramp, DEFAULT_RAMP), adaptive=adaptive, anneal=anneal)
 
 
 def load_arch(text: str | dict, space):
@@ -281,7 +288,7 @@ def train_run(request: TrainRequest, *, command: str | None = None, progress: bo
     extra_loss = None
     if budget is not None:
         extra_loss = make_budget_loss(space, size, budget.mu, budget.lam, budget.mode, budget.warmup, budget.ramp,
-                                      adaptive=budget.adaptive)
+                                      adaptive=budget.adaptive, anneal=budget.anneal)
     record = RunSettings(preset=preset_name, data=data, size=tuple(size), val_size=tuple(val_size), budget=budget,
                          arch=arch.to_dict() if arch is not None else None, setting=setting_name,
                          gate_resolution=gate_resolution, sampling=sampling,

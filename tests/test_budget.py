@@ -274,3 +274,43 @@ def test_gate_scoped_budget_under_two_processes_keeps_every_rank_equal(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = (tmp_path / "digest.0").read_text(), (tmp_path / "digest.1").read_text()
     assert a == b
+
+
+# --- the annealed target (realised mode) -------------------------------------------------------------------
+def test_annealed_target_and_additive_dual_by_hand():
+    """anneal 0.5 of 100 steps, warm-up 0.2: the target runs from the ratio at switch-on (0.8, step 20) to
+    mu 0.2 by step 70, then stays; lambda starts at 0 and moves by rate * lam0 * d, d = (r - target) / mu
+    clamped to [-1, 1], never below 0; numbers worked by hand."""
+    loss = BudgetLoss(100.0, mu=0.2, lam=0.5, warmup=0.2, ramp=0.0, anneal=0.5, rate=0.1)
+    assert loss.lam_now == 0.0
+    loss(_fake_output(0.9), 10, 100)  # warm-up: no update, no start ratio
+    assert loss.start_ratio is None and loss.lam_now == 0.0
+    loss(_fake_output(0.8), 20, 100)  # switch-on: target = start ratio 0.8, d = 0
+    assert loss.start_ratio == pytest.approx(0.8) and loss.lam_now == 0.0
+    assert loss.target(45, 100) == pytest.approx(0.2 + 0.6 * 0.5)  # half-way down the line
+    assert loss.target(70, 100) == pytest.approx(0.2) and loss.target(95, 100) == pytest.approx(0.2)
+    loss(_fake_output(0.55), 45, 100)  # r - target = 0.05: d = 0.25, lambda += 0.1 * 0.5 * 0.25
+    assert loss.lam_now == pytest.approx(0.0125)
+    assert loss.last["budget_target"] == pytest.approx(0.5)
+    loss(_fake_output(0.6), 80, 100)  # d = (0.6 - 0.2) / 0.2 = 2, clamped to 1: += 0.05
+    assert loss.lam_now == pytest.approx(0.0625)
+    for step in range(81, 90):  # far below the target: lambda falls to 0 and stays there (no push to close)
+        loss(_fake_output(0.0), step, 100)
+    assert loss.lam_now == 0.0
+    value = loss(_fake_output(0.0), 90, 100)
+    value.backward()
+    assert float(value) == 0.0
+
+
+def test_annealed_state_resumes_and_a_mismatch_is_refused():
+    loss = BudgetLoss(100.0, mu=0.2, lam=0.5, warmup=0.0, ramp=0.0, anneal=0.3)
+    loss(_fake_output(0.7), 0, 100)
+    loss(_fake_output(0.9), 1, 100)
+    again = BudgetLoss(100.0, mu=0.2, lam=0.5, warmup=0.0, ramp=0.0, anneal=0.3)
+    again.load_state_dict(loss.state_dict())
+    assert (again.start_ratio, again.lam_now) == (loss.start_ratio, loss.lam_now) and again.lam_now > 0
+    plain = BudgetLoss(100.0, mu=0.2, lam=0.5, warmup=0.0, ramp=0.0)
+    with pytest.raises(RoutespaceError, match="annealed over 0.3"):
+        plain.load_state_dict(loss.state_dict())
+    with pytest.raises(RoutespaceError, match="realised mode only"):
+        BudgetLoss(100.0, mu=0.2, lam=0.5, mode="paper", anneal=0.3)

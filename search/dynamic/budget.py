@@ -27,6 +27,7 @@ PENALTIES = ("square", "linear")
 GRAD_SCOPES = ("all", "gates")
 # (penalty, gradient scope) of each mode; paper = the released loss on every weight
 MODE_DEFAULTS = {"paper": ("square", "all"), "realised": ("linear", "gates")}
+ANNEAL_RATE = 0.05  # additive dual step of the annealed target, per step, in units of the initial lambda
 LAMBDA_CAP = 50.0  # the adaptive lambda stays below this multiple of its initial value
 
 
@@ -84,11 +85,12 @@ class BudgetLoss:
         warmup: float = DEFAULT_WARMUP,
         ramp: float = DEFAULT_RAMP,
         adaptive: bool | None = None,
-        rate: float = 0.02,
+        rate: float | None = None,
         lam_max: float | None = None,
         penalty: str | None = None,
         grad_scope: str | None = None,
         grad_clip: float | None = None,
+        anneal: float = 0.0,
     ) -> None:
         check_mu(mu)
         check_budget_mode(mode)
@@ -99,7 +101,7 @@ class BudgetLoss:
         self.all_open_body, self.mu, self.lam, self.mode = float(all_open_body), float(mu), float(lam), mode
         self.warmup, self.ramp = float(warmup), float(ramp)
         self.adaptive = (mode == "realised") if adaptive is None else bool(adaptive)
-        self.rate = float(rate)
+        self.rate = float(rate) if rate is not None else (ANNEAL_RATE if anneal and anneal > 0 else 0.02)
         self.lam_max = float(lam_max) if lam_max is not None else LAMBDA_CAP * max(self.lam, 1e-3)
         default_penalty, default_scope = MODE_DEFAULTS.get(mode, MODE_DEFAULTS["paper"])
         penalty = default_penalty if penalty is None else penalty
@@ -112,8 +114,25 @@ class BudgetLoss:
             raise RoutespaceError(f"the budget gradient's clip must be positive, got {grad_clip}")
         self.penalty, self.grad_scope = penalty, grad_scope
         self.grad_clip = float(grad_clip) if grad_clip is not None else None
-        self.lam_now = float(lam)
+        if isinstance(anneal, bool) or not (isinstance(anneal, (int, float)) and 0 <= anneal <= 1):
+            raise RoutespaceError(f"the budget target's anneal is a fraction of training in [0, 1], got {anneal}")
+        if anneal > 0 and mode != "realised":
+            raise RoutespaceError("an annealed budget target applies to the realised mode only (paper mode is the released loss)")
+        self.anneal = float(anneal)
+        self.start_ratio: float | None = None  # the batch ratio at switch-on, where an annealed target starts
+        # annealed: lambda starts at 0 and rises only as far as the target needs (dual ascent)
+        self.lam_now = 0.0 if self.anneal > 0 and self.adaptive else float(lam)
         self.last: dict[str, float] = {}
+
+    def target(self, step: int, total: int) -> float:
+        """The ratio the dual update aims at in ``step``: ``mu``, or with ``anneal`` > 0 a line from the
+        ratio at switch-on down to ``mu`` over ``anneal`` of training (so switching the budget on does not
+        close most gates at once), then ``mu``."""
+        if self.anneal <= 0 or self.start_ratio is None or self.start_ratio <= self.mu:
+            return self.mu
+        start = self.warmup * total
+        left = max(0.0, 1.0 - (step - start) / max(self.anneal * total, 1e-12))
+        return self.mu + (self.start_ratio - self.mu) * left
 
     @property
     def separate_gradient(self) -> bool:
@@ -129,27 +148,45 @@ class BudgetLoss:
     def __call__(self, output: Any, step: int, total: int):
         weight = budget_weight(step, total, self.warmup, self.ramp)
         ratio = float(output.realised_body_flops.detach().mean()) / self.all_open_body
+        target = self.mu
         if self.adaptive and weight > 0 and self.lam > 0:
             mean_ratio = _mean_over_processes(ratio)
-            # relative deviation clamped to [-1, 1]: lambda moves by at most a factor exp(rate) per step either way
-            deviation = min(1.0, (mean_ratio - self.mu) / self.mu)
-            self.lam_now = min(self.lam_max, max(self.lam, self.lam_now * math.exp(self.rate * deviation)))
+            if self.anneal > 0 and self.start_ratio is None:
+                self.start_ratio = mean_ratio
+            target = self.target(step, total)
+            # relative deviation clamped to [-1, 1]
+            deviation = max(-1.0, min(1.0, (mean_ratio - target) / self.mu))
+            if self.anneal > 0:
+                # additive dual ascent, lambda in [0, lam_max]: it falls to 0 when the ratio is below target
+                self.lam_now = min(self.lam_max, max(0.0, self.lam_now + self.rate * self.lam * deviation))
+            else:
+                # lambda moves by at most a factor exp(rate) per step either way, never below its initial value
+                deviation = min(1.0, (mean_ratio - self.mu) / self.mu)
+                self.lam_now = min(self.lam_max, max(self.lam, self.lam_now * math.exp(self.rate * deviation)))
         body = output.budget_body_flops if self.mode == "realised" else output.expected_body_flops
         if self.penalty == "linear":
             loss = lagrangian_budget_loss(body, self.all_open_body, self.mu, self.lam_now * weight)
         else:
             loss = batch_budget_loss(body, self.all_open_body, self.mu, self.lam_now * weight)
-        self.last = {"budget_weight": weight, "lambda": self.lam_now, "body_ratio": ratio,
+        self.last = {"budget_weight": weight, "lambda": self.lam_now, "body_ratio": ratio, "budget_target": target,
                      "expected_body_ratio": float(output.expected_body_flops.detach().mean()) / self.all_open_body,
                      "budget_loss": float(loss.detach())}
         return loss
 
     def state_dict(self) -> dict:
-        return {"lam_now": self.lam_now, "penalty": self.penalty, "grad_scope": self.grad_scope}
+        state = {"lam_now": self.lam_now, "penalty": self.penalty, "grad_scope": self.grad_scope}
+        if self.anneal > 0:
+            state.update(anneal=self.anneal, start_ratio=self.start_ratio)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         # checkpoints from before the penalty and scope existed were trained with 'square' on every weight
         saved = (state.get("penalty", "square"), state.get("grad_scope", "all"))
+        if float(state.get("anneal", 0.0)) != self.anneal:
+            raise RoutespaceError(
+                f"this run's checkpoint was trained with the budget target annealed over {float(state.get('anneal', 0.0)):g} of "
+                f"training, but this loss anneals over {self.anneal:g}: resume with the run's own settings or start a new run folder"
+            )
         if saved != (self.penalty, self.grad_scope):
             raise RoutespaceError(
                 f"this run's checkpoint was trained with the budget penalty {saved[0]!r} on {saved[1]!r} weights, but "
@@ -157,15 +194,17 @@ class BudgetLoss:
                 "routespace version that started it, or start a new run folder"
             )
         self.lam_now = float(state["lam_now"])
+        self.start_ratio = state.get("start_ratio")
 
 
 def make_budget_loss(space, size: tuple[int, int], mu: float, lam: float, mode: str = "realised",
-                     warmup: float = DEFAULT_WARMUP, ramp: float = DEFAULT_RAMP, adaptive: bool | None = None) -> BudgetLoss:
+                     warmup: float = DEFAULT_WARMUP, ramp: float = DEFAULT_RAMP, adaptive: bool | None = None,
+                     anneal: float = 0.0) -> BudgetLoss:
     """The budget loss of a dynamic net over ``space`` at training crop ``size``. Every mu in (0, 1] is
     reachable: a closed node passes its input on, so the cheapest route costs 0 body FLOPs."""
     from ...spaces.supernet import body_flops_all_open
 
-    return BudgetLoss(body_flops_all_open(space, size), mu, lam, mode, warmup, ramp, adaptive)
+    return BudgetLoss(body_flops_all_open(space, size), mu, lam, mode, warmup, ramp, adaptive, anneal=anneal)
 
 
 def _mean_over_processes(value: float) -> float:

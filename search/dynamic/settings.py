@@ -14,6 +14,7 @@ BUDGET_MODES = ("realised", "paper")
 DEFAULT_BUDGET_MODE = "realised"
 DEFAULT_WARMUP = 0.4  # fraction of training before the budget loss starts (released UNUPDATE_RATE)
 DEFAULT_RAMP = 0.02  # fraction over which it then ramps to full weight (the released 0.02)
+DEFAULT_ANNEAL = 0.0  # realised mode: fraction over which the target falls from the switch-on ratio to mu
 
 
 @dataclass(frozen=True)
