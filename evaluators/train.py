@@ -458,8 +458,9 @@ def fit(
         on_start()
     dist_info = _setup_dist(device)
     try:
-        return _train(model, train_set, config, out, extra_loss, progress, meta, manifest, state, resume_from,
-                      order, device, dist_info, tensorboard)
+        return _train(_TrainJob(model=model, train_set=train_set, config=config, out=out, extra_loss=extra_loss,
+                                progress=progress, meta=meta, manifest=manifest, state=state, resume_from=resume_from,
+                                order=order, device=device, dist=dist_info, tensorboard=tensorboard))
     finally:
         if dist_info.owns_group:
             import torch.distributed as dist
@@ -467,8 +468,32 @@ def fit(
             dist.destroy_process_group()
 
 
-def _train(model, train_set, config, out, extra_loss, progress, meta, manifest, state, resume_from, order, device, dinfo,
-           tensorboard=True):
+@dataclass(frozen=True)
+class _TrainJob:
+    """Everything :func:`fit` has checked and prepared before the loop: the model and data, the run folder
+    (``out``, its ``manifest``, the checkpoint ``state`` loaded from ``resume_from``), the sample order,
+    the device and the distributed set-up."""
+
+    model: nn.Module
+    train_set: Any
+    config: TrainConfig
+    out: Path | None
+    extra_loss: Callable[[Any, int, int], torch.Tensor] | None
+    progress: bool
+    meta: dict
+    manifest: dict
+    state: dict | None
+    resume_from: Path | None
+    order: Any  # SeededOrder
+    device: torch.device
+    dist: Any  # _DistInfo
+    tensorboard: bool = True
+
+
+def _train(job: _TrainJob) -> TrainResult:
+    model, train_set, config, out, extra_loss = job.model, job.train_set, job.config, job.out, job.extra_loss
+    progress, meta, manifest, state, resume_from = job.progress, job.meta, job.manifest, job.state, job.resume_from
+    order, device, dinfo, tensorboard = job.order, job.device, job.dist, job.tensorboard
     model.to(device)
     _seed_everything(config.seed + dinfo.rank)
     optimizer = make_optimizer(model, config)

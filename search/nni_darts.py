@@ -33,7 +33,6 @@ import time
 
 from ..spaces.architecture import Architecture
 from ..spaces import paths
-from ..spaces.keys import edge_key, node_key
 from ..spaces.space import Edge, RoutingSpace
 from .encoding import on_stem_to_decoder_paths, repair_edges
 from .strategy import Strategy
@@ -127,91 +126,24 @@ def sample_candidates(space: RoutingSpace, kind: str, weights: dict[Edge, float]
     return sorted(out, key=lambda a: (-logp(a), a.sorted_edges))
 
 
-# --- the supernet ---------------------------------------------------------------------------------
-def _cell_key(node: tuple[int, int], cell: str) -> str:
-    """Module key of one offered cell at a node (the supernet holds every offered cell of every node)."""
-    return f"{node_key(node)}_{cell}"
-
-
-def _supernet(space: RoutingSpace, cell_types: tuple[str, ...], size: tuple[int, int]):
-    import torch
-    from torch import nn
-
-    from ..evaluators.cost import cell_cost, decoder_cost, edge_cost, stem_cost
-    from ..spaces.cells import Decoder, Stem, Transition, make_cell
-    from ..spaces.ops import feature_sizes
-
-    class DartsSupernet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.edges = list(space.edges())
-            self.nodes = [n for n in space.nodes() if n[0] > 0]
-            self.stem = Stem(space.base_channels)
-            self.transitions = nn.ModuleDict({edge_key(e): Transition(space, e[1], e[2]) for e in self.edges})
-            self.cells = nn.ModuleDict({
-                _cell_key(n, c): make_cell(c, space.channels(n[1])) for n in self.nodes for c in cell_types
-            })
-            self.decoder = Decoder(space, max(space.scales_at(space.layers)))
-            self.alpha = nn.Parameter(torch.full((len(self.edges),), 0.5))
-            self.beta = nn.Parameter(torch.zeros(len(self.nodes), len(cell_types)))
-            to_g = lambda fp: fp[0] / 1e9  # noqa: E731
-            self.register_buffer("edge_gflops", torch.tensor([to_g(edge_cost(space, e, size, "paper")) for e in self.edges]))
-            self.register_buffer("cell_gflops", torch.tensor(
-                [[to_g(cell_cost(space, n, c, size, "paper")) for c in cell_types] for n in self.nodes]))
-            self.const_gflops = to_g(stem_cost(space, size, "paper")) + to_g(decoder_cost(space, 3 if space.layers >= 3 else space.layers, size, "paper"))
-            self.all_open_gflops = float(self.edge_gflops.sum() + self.cell_gflops.max(1).values.sum()) + self.const_gflops
-
-        def arch_parameters(self):
-            return [self.alpha, self.beta]
-
-        def weight_parameters(self):
-            return [p for n, p in self.named_parameters() if n not in ("alpha", "beta")]
-
-        def expected_gflops(self):
-            w = torch.sigmoid(self.alpha)
-            cw = torch.softmax(self.beta, dim=1)
-            act = {(0, 0): torch.ones(())}
-            total = torch.zeros(()) + self.const_gflops
-            idx = {e: i for i, e in enumerate(self.edges)}
-            for j, (l, s) in enumerate(self.nodes):
-                terms = [w[idx[e]] * act[(l - 1, e[1])] for e in space.in_edges((l, s))]
-                a = torch.stack(terms).max()
-                act[(l, s)] = a
-                total = total + sum(t * self.edge_gflops[idx[e]] for t, e in zip(terms, space.in_edges((l, s))))
-                total = total + a * (cw[j] * self.cell_gflops[j]).sum()
-            return total
-
-        def forward(self, x):
-            h, w_ = x.shape[-2:]
-            sizes = feature_sizes(h, w_)
-            w = torch.sigmoid(self.alpha)
-            cw = torch.softmax(self.beta, dim=1)
-            feats = {(0, 0): self.stem(x)}
-            idx = {e: i for i, e in enumerate(self.edges)}
-            for j, (l, s) in enumerate(self.nodes):
-                total = None
-                for e in space.in_edges((l, s)):
-                    y = w[idx[e]] * self.transitions[edge_key(e)](feats[(l - 1, e[1])], sizes[s])
-                    total = y if total is None else total + y
-                mixed = sum(cw[j, k] * self.cells[_cell_key((l, s), c)](total) for k, c in enumerate(cell_types))
-                feats[(l, s)] = total + mixed
-            last = [feats.get((space.layers, s)) for s in range(4)]
-            return self.decoder(last, sizes, (h, w_))
-
-    return DartsSupernet()
-
-
+# --- the bi-level training (the network itself: routespace.spaces.darts_supernet) -------------------
 def train_supernet(space: RoutingSpace, cell_types: tuple[str, ...], data: str, steps: int, batch_size: int,
                    max_gflops: float | None, penalty: float, seed: int, size: tuple[int, int] | None = None) -> dict:
-    """First-order DARTS on ``data``; returns the learned edge and cell weights (JSON-able) and its cost."""
+    """First-order DARTS on ``data``; returns the learned edge and cell weights (JSON-able) and its cost.
+
+    Its own loop, not :func:`routespace.evaluators.train.fit`: DARTS alternates two optimisers on two data
+    streams (weights on training batches, edge/cell weights on held-out ones) and keeps nothing on disk (the
+    result is stored in the study), which ``fit``'s one-loss, one-optimiser, run-folder contract does not fit."""
     import torch
     import torch.nn.functional as F
 
     from ..evaluators.datasets import load_dataset
 
+    from ..spaces.darts_supernet import DartsSupernet
+
     size = tuple(size or space.input_size)
     torch.manual_seed(seed)
-    net = _supernet(space, cell_types, size)
+    net = DartsSupernet(space, cell_types, size)
     train = load_dataset(data, "train", size=size)
     val = load_dataset(data, "val", size=size)
     gen = torch.Generator().manual_seed(seed)

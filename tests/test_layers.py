@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "spaces.exports.graph", "evaluators", "evaluators.cost", "evaluators.schedule", "evaluators.pareto",
         "evaluators.routes", "search.dynamic.settings",
     )),
-    ("networks", ("spaces.cells", "spaces.builder", "spaces.supernet")),  # one cell registry, builder, supernet
+    ("networks", ("spaces.cells", "spaces.builder", "spaces.supernet", "spaces.darts_supernet")),  # one cell registry, builder, supernet
     # data, metrics, training, evaluation, plots; exports (they read trained runs and state dicts)
     ("evaluation", ("evaluators.*", "spaces.exports", "spaces.exports.*")),
     ("dynamic routing", ("search.dynamic", "search.dynamic.*")),  # settings, budget modes, frequencies, Common
