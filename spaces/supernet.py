@@ -57,10 +57,7 @@ class SoftGate(nn.Module):
         nn.init.constant_(self.fc.bias, GATE_BIAS_INIT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.resolution != "full":
-            x = upsample_to(x, gate_input_size(x.shape[-2], x.shape[-1], self.resolution))
-        pooled = F.adaptive_avg_pool2d(self.reduce(x), 1)
-        t = torch.tanh(self.fc(pooled).flatten(1))
+        t = torch.tanh(self.logits(x))
         g = torch.relu(t)
         g = g * (g >= GATE_EPS)
         if self.revivable and torch.is_grad_enabled():
@@ -68,6 +65,19 @@ class SoftGate(nn.Module):
             # the loss can reopen a closed gate (relu(tanh) alone has zero gradient there).
             g = t + (g - t).detach()
         return g
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, k) pre-activations: everything before ``relu(tanh(.))`` and the threshold."""
+        if self.resolution != "full":
+            x = upsample_to(x, gate_input_size(x.shape[-2], x.shape[-1], self.resolution))
+        return self.fc(F.adaptive_avg_pool2d(self.reduce(x), 1)).flatten(1)
+
+    @staticmethod
+    def activate(z: torch.Tensor) -> torch.Tensor:
+        """Inference activation of pre-activations of any shape (several heads' at once, concatenated):
+        ``relu(tanh(z))`` with values below ``GATE_EPS`` set to 0, elementwise, so it equals ``forward``."""
+        g = torch.relu(torch.tanh(z))
+        return g * (g >= GATE_EPS)
 
 
 @dataclass
@@ -147,6 +157,7 @@ class DynamicNet(nn.Module):
 
     def __init__(self, space: RoutingSpace, drop_path_prob: float = 0.0, gate_resolution: str = "full"):
         super().__init__()
+        self._plans: dict[tuple[int, int], _Plan] = {}  # skipping executor plans per input size
         if make_cell(space.cell, 8) is None:
             raise RoutespaceError(f"a dynamic net needs a cell that runs something, not {space.cell!r}")
         self.space = space
@@ -292,108 +303,279 @@ class DynamicNet(nn.Module):
         return out
 
     # --- skipping executor ---------------------------------------------------------------------------
+    def _plan(self, size: tuple[int, int]) -> "_Plan":
+        """The per-node plan at an input size (built once per size, then reused by every call)."""
+        plan = self._plans.get(size)
+        if plan is None:
+            plan = _build_plan(self, size)
+            if len(self._plans) >= 16:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[size] = plan
+        return plan
+
     @torch.no_grad()
     def forward_skipping(self, x: torch.Tensor, gate_override: dict | None = None) -> RoutingOutput:
-        """Inference that executes only open cells and edges, each on the sub-batch of images whose gate
-        is open (gather/scatter); a closed node hands its input rows on along its keep edge. Realised
-        FLOPs are counted from what actually ran.
+        """Inference that executes only open cells and edges, each on the images whose gate is open; a
+        closed node hands its input on along its keep edge. Realised FLOPs are counted from what ran.
 
-        Bookkeeping (which images are open where) is done on Python lists after one small transfer of
-        each gate's values, so per-node overhead stays small at batch 1."""
+        Where the overhead goes: the per-node plan (modules, targets, sizes, costs) is computed once per
+        input size (:meth:`_plan`); the gate heads of a layer run first and their values cross to the host
+        in ONE transfer (their ``relu(tanh)`` and threshold run once, on the layer's concatenated
+        pre-activations); decisions are made on Python lists. A tensor that every image of the batch
+        takes (always at batch 1) is passed on as it is: no gather, scatter or index tensor; gates
+        multiply as Python floats at batch 1. Only images that decide differently are gathered
+        (``index_select``) and summed back (``index_add_``). The outputs' per-node and per-edge tensors
+        are rows of three tensors built once at the end."""
         if self.training:
             raise RoutespaceError("forward_skipping is for inference: call model.eval() first")
         n_img = x.shape[0]
         dev = x.device
-        sizes = self._sizes(x)
-        table = self._table(x)
-        real_body = [0] * n_img
-        real_gate = [0] * n_img
-        # per node: contributions (image indices, tensor of those rows)
-        incoming: dict[Node, list[tuple[list[int], torch.Tensor]]] = {}
-        gate_rows: dict[GateKey, list[float]] = {}
-        alive_map: dict[Node, list[int]] = {}
-        ran_map: dict[Node, list[int]] = {}
-        last: list[list[tuple[list[int], torch.Tensor]]] = [[] for _ in range(4)]
-        stem = self.stem(x)
-        for node in self.nodes_:
-            layer, scale = node
-            keys = self.out_keys[node]
-            values = [[0.0] * n_img for _ in keys]
-            ran: list[int] = []
-            if layer == 0:
-                idx, inp = list(range(n_img)), stem
-            else:
-                idx, inp = _gather_sum(incoming.pop(node, []))
-            alive_map[node] = idx
-            if idx:
-                for i in idx:
-                    real_gate[i] += table.gate[node]
-                sub_override = None
-                if gate_override is not None and node in gate_override:
-                    sub_override = {node: gate_override[node][torch.tensor(idx)]}
-                g = self._gate(node, inp, sub_override)
-                g_list = g.tolist()
-                open_rows = [r for r, row in enumerate(g_list) if max(row) > 0]
-                closed_rows = [r for r, row in enumerate(g_list) if max(row) <= 0]
-                if closed_rows:  # pass-through along the keep edge, at no cost
-                    passed = ([idx[r] for r in closed_rows], _take(inp, closed_rows))
-                    if layer < self.space.layers:
-                        incoming.setdefault((layer + 1, scale), []).append(passed)
+        plan = self._plan((int(x.shape[-2]), int(x.shape[-1])))
+        all_rows = list(range(n_img))
+        body_all = 0  # FLOPs every image spent (work done on the full batch)
+        body_img = [0] * n_img  # plus what each image spent on its own
+        heads_all = 0
+        heads_img = [0] * n_img
+        # per node: contributions (rows, tensor of those rows); rows None = every image, in order
+        incoming: dict[Node, list[tuple[list[int] | None, torch.Tensor]]] = {}
+        last: list[list[tuple[list[int] | None, torch.Tensor]]] = [[] for _ in range(self.space.scales)]
+        gate_vals: dict[Node, tuple[list[int] | None, list[float]]] = {}  # node -> (alive rows, flat gates)
+        ran_rows: dict[Node, list[int] | None] = {}
+        for layer_steps in plan.layers:
+            # 1. inputs of this layer's nodes, and their gate values (one host transfer for the layer)
+            live: list[tuple[_NodeStep, list[int] | None, torch.Tensor]] = []
+            for step in layer_steps:
+                if step.node[0] == 0:
+                    rows, inp = None, self.stem(x)
+                else:
+                    rows, inp = _gather_sum(incoming.pop(step.node, ()), n_img)
+                    if inp is None:
+                        continue  # received nothing: absent for every image
+                live.append((step, rows, inp))
+            if not live:
+                continue
+            gates = self._layer_gates(live, gate_override, n_img)
+            flat = torch.cat([g.reshape(-1) for g in gates]) if len(gates) > 1 else gates[0].reshape(-1)
+            values = flat.tolist()
+            # 2. run what is open
+            off = 0
+            for (step, rows, inp), g in zip(live, gates):
+                k = step.width
+                m = n_img if rows is None else len(rows)
+                vals = values[off: off + m * k]
+                off += m * k
+                gate_vals[step.node] = (rows, vals)
+                if rows is None:
+                    heads_all += step.gate_cost
+                else:
+                    for i in rows:
+                        heads_img[i] += step.gate_cost
+                opened = [r for r in range(m) if max(vals[r * k: (r + 1) * k]) > 0]
+                if len(opened) < m:  # closed images: pass-through along the keep edge, at no cost
+                    if opened:
+                        is_open = set(opened)
+                        closed = [r for r in range(m) if r not in is_open]
+                        passed = (_sub(rows, closed, n_img), _take(inp, closed))
                     else:
-                        last[scale].append(passed)
-                if open_rows:
-                    ran = [idx[r] for r in open_rows]
-                    h = self._cell(node, _take(inp, open_rows))
-                    g_open = _take(g, open_rows)
-                    for i in ran:
-                        real_body[i] += table.cell[node]
-                    for j, key in enumerate(keys):
-                        sel = [r for r, orow in enumerate(open_rows) if g_list[orow][j] > 0]
-                        if not sel:
-                            continue
-                        target = [ran[r] for r in sel]
-                        gi = _take(g_open, sel)[:, j, None, None, None]
-                        for i in target:
-                            real_body[i] += table.edge_of(key)
-                        if key[0] == "out":
-                            last[scale].append((target, self.out_relu(_take(h, sel)) * gi))
-                            continue
-                        y = self.transitions[edge_key(key)](_take(h, sel), sizes[key[2]]) * gi
-                        incoming.setdefault((key[0], key[2]), []).append((target, y))
-                for r, i in enumerate(idx):
-                    for j in range(len(keys)):
-                        values[j][i] = g_list[r][j]
-            ran_map[node] = ran
-            for j, key in enumerate(keys):
-                gate_rows[key] = values[j]
-        feats: list[torch.Tensor | None] = [None] * 4
-        present: list[torch.Tensor | None] = [None] * 4
+                        passed = (rows, inp)
+                    (incoming.setdefault(step.keep_target, []) if step.keep_target is not None
+                     else last[step.node[1]]).append(passed)
+                if not opened:
+                    ran_rows[step.node] = []
+                    continue
+                every = len(opened) == m
+                o_rows = rows if every else _sub(rows, opened, n_img)
+                ran_rows[step.node] = o_rows
+                if o_rows is None:
+                    body_all += step.cell_cost
+                else:
+                    for i in o_rows:
+                        body_img[i] += step.cell_cost
+                sub = inp if every else _take(inp, opened)
+                h = sub + step.cell(sub)
+                g_cols = g.t() if m > 1 else None  # (k, m): column j = edge j's gate per image
+                for e in step.edges:
+                    j = e.j
+                    sel = [q for q, r in enumerate(opened) if vals[r * k + j] > 0]
+                    if not sel:
+                        continue
+                    whole = len(sel) == len(opened)
+                    t_rows = o_rows if whole else _sub(o_rows, sel, n_img)
+                    if t_rows is None:
+                        body_all += e.cost
+                    else:
+                        for i in t_rows:
+                            body_img[i] += e.cost
+                    hs = h if whole else _take(h, sel)
+                    if m == 1:
+                        mult: float | torch.Tensor = vals[j]
+                    else:
+                        col = g_cols[j]
+                        picked = opened if whole else [opened[q] for q in sel]
+                        mult = (col if len(picked) == m else _take(col, picked)).view(-1, 1, 1, 1)
+                    y = (e.module(hs) if e.target is None else e.module(hs, e.size)) * mult
+                    (incoming.setdefault(e.target, []) if e.target is not None else last[step.node[1]]).append((t_rows, y))
+        return self._skipping_output(x, plan, last, gate_vals, ran_rows, body_all, body_img, heads_all, heads_img)
+
+    def _layer_gates(self, live: list, gate_override: dict | None, n_img: int) -> list[torch.Tensor]:
+        """Gate values (m, k) of each live node of one layer: the heads' pre-activations concatenated and
+        activated once (elementwise, so equal to :class:`SoftGate`), or the overridden values."""
+        if gate_override is not None and any(step.node in gate_override for step, _, _ in live):
+            out = []
+            for step, rows, inp in live:
+                if step.node in gate_override:
+                    ov = gate_override[step.node]
+                    if tuple(ov.shape) != (n_img, step.width):
+                        raise RoutespaceError(f"gate override for node {step.node} must have shape (N, {step.width})")
+                    ov = (ov if rows is None else ov.index_select(0, torch.tensor(rows, device=ov.device))).to(
+                        device=inp.device, dtype=inp.dtype)
+                    out.append(ov * (ov >= GATE_EPS))
+                else:
+                    out.append(SoftGate.activate(step.gate.logits(inp)))
+            return out
+        z = [step.gate.logits(inp) for step, _, inp in live]
+        if len(z) == 1:
+            return [SoftGate.activate(z[0])]
+        sizes = [t.numel() for t in z]
+        act = SoftGate.activate(torch.cat([t.reshape(-1) for t in z]))
+        return [a.view(t.shape) for a, t in zip(act.split(sizes), z)]
+
+    def _skipping_output(self, x, plan, last, gate_vals, ran_rows, body_all, body_img, heads_all, heads_img) -> RoutingOutput:
+        """Decoder on the last-layer features, and the output's tensors from the Python bookkeeping."""
+        n_img = x.shape[0]
+        dev = x.device
+        feats: list[torch.Tensor | None] = [None] * self.space.scales
+        rows_at: list[list[int] | None | bool] = [False] * self.space.scales  # False: absent for every image
         for s, parts in enumerate(last):
             if not parts:
                 continue
-            rows, rows_sum = _gather_sum(parts)
-            present[s] = _bool_mask(rows, n_img, dev)
-            if len(rows) == n_img:
-                feats[s] = rows_sum
+            rows, total = _gather_sum(parts, n_img)
+            rows_at[s] = rows
+            if rows is None:
+                feats[s] = total
             else:
-                feat = x.new_zeros(n_img, *rows_sum.shape[1:])
-                feat[torch.tensor(rows, device=dev)] = rows_sum
-                feats[s] = feat
-        logits = self.decoder(feats, sizes, (x.shape[-2], x.shape[-1]), present=present)
-        dec = self._decoder_flops(present, table).tolist()
-        body = torch.tensor(real_body, dtype=x.dtype, device=dev)
-        total = torch.tensor([b + g + table.stem + d for b, g, d in zip(real_body, real_gate, dec)], dtype=x.dtype, device=dev)
+                feat = total.new_zeros(n_img, *total.shape[1:])
+                feats[s] = feat.index_copy_(0, torch.tensor(rows, device=dev), total)
+        partial = any(r is not None and r is not False for r in rows_at)
+        present = None
+        if partial:  # some scale exists for some images only: the decoder starts per image
+            present = [None if r is False else _bool_mask(list(range(n_img)) if r is None else r, n_img, dev)
+                       for r in rows_at]
+        logits = self.decoder(feats, plan.sizes, (x.shape[-2], x.shape[-1]), present=present)
+        dec = [0] * n_img
+        covered = [False] * n_img
+        for s in range(self.space.scales - 1, -1, -1):
+            r = rows_at[s]
+            if r is False:
+                continue
+            for i in (range(n_img) if r is None else r):
+                if not covered[i]:
+                    covered[i] = True
+                    dec[i] = plan.decoder[s]
+        body = [body_all + b for b in body_img]
+        total = [b + heads_all + hd + plan.stem + d for b, hd, d in zip(body, heads_img, dec)]
+        flops = torch.tensor([body, total], dtype=x.dtype, device=dev)
+        # every edge's gate per image, every node's alive / ran flags: one tensor each, rows as views
+        gate_table: list[list[float]] = []
+        flags: list[list[bool]] = []
+        for node in self.nodes_:
+            k = len(self.out_keys[node])
+            rows, vals = gate_vals.get(node, (False, ()))
+            cols = [[0.0] * n_img for _ in range(k)]
+            if rows is not False:
+                for r, i in enumerate(range(n_img) if rows is None else rows):
+                    for j in range(k):
+                        cols[j][i] = vals[r * k + j]
+            gate_table.extend(cols)
+            flags.append(_row_flags(rows, n_img))
+            flags.append(_row_flags(ran_rows.get(node, False), n_img))
+        gates_t = torch.tensor(gate_table, dtype=x.dtype, device=dev).unbind(0)
+        flags_t = torch.tensor(flags, dtype=torch.bool, device=dev).unbind(0)
+        keys = [key for node in self.nodes_ for key in self.out_keys[node]]
+        body_t, total_t = flops.unbind(0)
         return RoutingOutput(
             logits=logits,
-            edge_gates={k: torch.tensor(v, dtype=x.dtype, device=dev) for k, v in gate_rows.items()},
-            expected_body_flops=body,
-            expected_flops=total,
-            realised_body_flops=body,
-            realised_flops=total,
-            budget_body_flops=body,
-            alive={n: _bool_mask(r, n_img, dev) for n, r in alive_map.items()},
-            cell_ran={n: _bool_mask(r, n_img, dev) for n, r in ran_map.items()},
+            edge_gates=dict(zip(keys, gates_t)),
+            expected_body_flops=body_t,
+            expected_flops=total_t,
+            realised_body_flops=body_t,
+            realised_flops=total_t,
+            budget_body_flops=body_t,
+            alive={n: flags_t[2 * q] for q, n in enumerate(self.nodes_)},
+            cell_ran={n: flags_t[2 * q + 1] for q, n in enumerate(self.nodes_)},
         )
+
+
+@dataclass(frozen=True)
+class _EdgeStep:
+    """One outgoing edge of a node in the plan: its position in the gate vector, module, target node
+    (None: the decoder), the target's spatial size and the edge's FLOPs."""
+
+    j: int
+    module: nn.Module
+    target: Node | None
+    size: tuple[int, int]
+    cost: int
+
+
+@dataclass(frozen=True)
+class _NodeStep:
+    """What the skipping executor needs of one node, resolved once per input size."""
+
+    node: Node
+    cell: nn.Module
+    gate: SoftGate
+    width: int  # number of gates (outgoing edges)
+    keep_target: Node | None  # where a closed node's input goes (None: the decoder at its scale)
+    edges: tuple[_EdgeStep, ...]
+    cell_cost: int
+    gate_cost: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    layers: tuple[tuple[_NodeStep, ...], ...]
+    sizes: list[tuple[int, int]]
+    stem: int
+    decoder: dict
+
+
+def _build_plan(net: "DynamicNet", size: tuple[int, int]) -> _Plan:
+    space = net.space
+    table = cost_table(space, size, net.gate_resolution)
+    sizes = feature_sizes(size[0], size[1])
+    layers: list[list[_NodeStep]] = [[] for _ in range(space.layers + 1)]
+    for node in net.nodes_:
+        layer, scale = node
+        edges = []
+        for j, key in enumerate(net.out_keys[node]):
+            if key[0] == "out":
+                edges.append(_EdgeStep(j, net.out_relu, None, sizes[scale], table.edge_of(key)))
+            else:
+                edges.append(_EdgeStep(j, net.transitions[edge_key(key)], (key[0], key[2]), sizes[key[2]], table.edge_of(key)))
+        layers[layer].append(_NodeStep(
+            node=node, cell=net.cells[node_key(node)], gate=net.gates[node_key(node)], width=len(net.out_keys[node]),
+            keep_target=(layer + 1, scale) if layer < space.layers else None, edges=tuple(edges),
+            cell_cost=table.cell[node], gate_cost=table.gate[node],
+        ))
+    return _Plan(tuple(tuple(ls) for ls in layers), sizes, table.stem, table.decoder)
+
+
+def _row_flags(rows: list[int] | None | bool, n: int) -> list[bool]:
+    if rows is None:
+        return [True] * n
+    flags = [False] * n
+    if rows is not False:
+        for i in rows:
+            flags[i] = True
+    return flags
+
+
+def _sub(rows: list[int] | None, picks: list[int], n: int) -> list[int] | None:
+    """The image indices of positions ``picks`` of a row set (None = every image); None if that is all."""
+    if len(picks) == n:
+        return None
+    return list(picks) if rows is None else [rows[p] for p in picks]
 
 
 def _take(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -403,23 +585,35 @@ def _take(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
     return t.index_select(0, torch.tensor(rows, device=t.device))
 
 
-def _gather_sum(parts: list[tuple[list[int], torch.Tensor]]) -> tuple[list[int], torch.Tensor | None]:
-    """Sum contributions given on different image subsets: returns (sorted image indices, summed rows)."""
+def _gather_sum(parts, n: int) -> tuple[list[int] | None, torch.Tensor | None]:
+    """Sum contributions given on different image subsets (rows None = every image): returns (sorted
+    image indices or None for every image, the summed rows); (..., None) when there are no parts. The
+    parts are added in the order given (the dense forward's order)."""
     if not parts:
         return [], None
     if len(parts) == 1:
-        rows, t = parts[0]
-        if rows == sorted(rows):
-            return parts[0]
-    idx = sorted(set().union(*(p[0] for p in parts)))
-    if all(p[0] == idx for p in parts):  # every part covers the same (sorted) images
+        return parts[0]
+    first = parts[0][0]
+    if all(p[0] == first for p in parts):  # every part covers the same images (always at batch 1)
         total = parts[0][1]
         for _, t in parts[1:]:
             total = total + t
-        return idx, total
-    pos = {img: r for r, img in enumerate(idx)}
-    first = parts[0][1]
-    total = first.new_zeros(len(idx), *first.shape[1:])
+        return first, total
+    if any(p[0] is None for p in parts):
+        idx = None
+        count = n
+    else:
+        idx = sorted(set().union(*(p[0] for p in parts)))
+        count = len(idx)
+        if count == n:
+            idx = None
+    pos = None if idx is None else {img: r for r, img in enumerate(idx)}
+    t0 = parts[0][1]
+    total = t0.new_zeros(count, *t0.shape[1:])
     for rows, t in parts:
-        total.index_add_(0, torch.tensor([pos[i] for i in rows], device=t.device), t)
+        if rows is None or (idx is not None and len(rows) == count):
+            total = total + t
+        else:
+            where = rows if pos is None else [pos[i] for i in rows]
+            total.index_add_(0, torch.tensor(where, device=t.device), t)
     return idx, total
