@@ -155,8 +155,11 @@ def _bool_mask(rows: list[int], n: int, device) -> torch.Tensor:
 class DynamicNet(nn.Module):
     """The supernet over a :class:`RoutingSpace`: all nodes, all edges, a :class:`SoftGate` per node."""
 
-    def __init__(self, space: RoutingSpace, drop_path_prob: float = 0.0, gate_resolution: str = "full"):
+    def __init__(self, space: RoutingSpace, drop_path_prob: float = 0.0, gate_resolution: str = "full",
+                 skip_closed: bool = False):
         super().__init__()
+        #: ``forward`` leaves out work closed for every image of the batch (see :meth:`forward`)
+        self.skip_closed = skip_closed
         self._plans: dict[tuple[int, int], _Plan] = {}  # skipping executor plans per input size
         if make_cell(space.cell, 8) is None:
             raise RoutespaceError(f"a dynamic net needs a cell that runs something, not {space.cell!r}")
@@ -209,18 +212,37 @@ class DynamicNet(nn.Module):
         return cost_table(self.space, (x.shape[-2], x.shape[-1]), self.gate_resolution)
 
     # --- dense masked computation --------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, gate_override: dict | None = None) -> RoutingOutput:
+    def forward(self, x: torch.Tensor, gate_override: dict | None = None, skip_closed: bool | None = None) -> RoutingOutput:
         """Every cell and edge runs on every image; each edge's tensor is multiplied by its gate, and a
         closed node's input is added along its keep edge (the pass-through).
 
-        ``gate_override`` maps nodes to fixed gate values (N, k) (tests, analysis, one-shot scoring)."""
+        ``gate_override`` maps nodes to fixed gate values (N, k) (tests, analysis, one-shot scoring).
+
+        ``skip_closed`` (default: the net's ``skip_closed`` attribute, False unless set): work that is closed
+        for EVERY image of the batch is not computed: the cell of a node whose gates are all 0 for every
+        image, an edge whose gate is 0 for every image, and a node that no image reaches (no gate head
+        either). So a training step costs what the batch's union of routes costs. The forward values
+        (logits, gates, FLOPs) are the dense ones exactly (only exact zeros are left out of sums), and so
+        are the gradients of every parameter when the gates are not revivable. What it changes:
+
+        - revivable gates (``SoftGate(revivable=True)``, the default) lose their cross-entropy gradient
+          through skipped work: a gate closed for every image of the batch gets no ``dL/dg = <dL/dy, T(h)>``
+          (that needs the skipped edge's output), so within such a batch only the budget term reaches
+          it, and a node no image reaches passes no straight-through gradient to the gates into it.
+          Because gate heads read their node's input, that missing gradient also changes the gradient
+          that reaches upstream cells through those heads (the loss itself is unchanged);
+        - skipped modules' BatchNorm running statistics are not updated in that step, their parameters
+          get no gradient (``None``: an optimizer skips them that step, no momentum or weight decay), and
+          drop-path draws no random numbers for a skipped cell."""
+        skip = self.skip_closed if skip_closed is None else skip_closed
         n_img = x.shape[0]
         sizes = self._sizes(x)
         table = self._table(x)
         zeros = x.new_zeros(n_img)
         exp_body, gate_cost, real_body, budget = zeros, zeros, zeros, zeros
-        # per target node: (tensor, gate-like (N,) values: the edge's gate, or the pass-through mask)
-        incoming: dict[Node, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # per target node: (tensor or None where skipped, gate-like (N,) values: the edge's gate, or the
+        # pass-through mask)
+        incoming: dict[Node, list[tuple[torch.Tensor | None, torch.Tensor]]] = {}
         edge_gates: dict[GateKey, torch.Tensor] = {}
         alive_map: dict[Node, torch.Tensor] = {}
         ran_map: dict[Node, torch.Tensor] = {}
@@ -234,8 +256,12 @@ class DynamicNet(nn.Module):
                 alive_f = alive.to(x.dtype)
             else:
                 parts = incoming.pop(node)
-                inp = parts[0][0]
-                for t, _ in parts[1:]:
+                tensors = [t for t, _ in parts if t is not None]
+                if not tensors:  # skip_closed: no image reaches this node
+                    self._absent_node(node, n_img, x, edge_gates, alive_map, ran_map, incoming, present)
+                    continue
+                inp = tensors[0]
+                for t in tensors[1:]:
                     inp = inp + t
                 incoming_g = torch.stack([g for _, g in parts])
                 alive = (incoming_g > 0).any(0)
@@ -249,9 +275,14 @@ class DynamicNet(nn.Module):
             gmax = g.max(1).values
             cell_on = gmax > 0
             closed_f = (alive & ~cell_on).to(x.dtype)
+            if skip:  # which edges are open for some image, and whether some image passes through: one transfer
+                flags = torch.cat([(g.detach() > 0).any(0), (closed_f > 0).any()[None]]).tolist()
+                edge_any, closed_any = flags[:-1], flags[-1]
+            else:
+                edge_any, closed_any = None, True
             alive_map[node], ran_map[node] = alive, cell_on
             gate_cost = gate_cost + alive.to(x.dtype) * table.gate[node]
-            h = self._cell(node, inp)
+            h = self._cell(node, inp) if edge_any is None or any(edge_any) else None
             c = table.cell[node]
             exp_body = exp_body + gmax * c
             real_body = real_body + cell_on.to(x.dtype) * c
@@ -263,17 +294,19 @@ class DynamicNet(nn.Module):
                 exp_body = exp_body + gi * c
                 real_body = real_body + (gi > 0).to(x.dtype) * c
                 budget = budget + _ste(gi) * c
+                runs = edge_any is None or edge_any[i]
                 if key[0] == "out":
-                    last[scale] = self.out_relu(h) * gi[:, None, None, None] + inp * closed_f[:, None, None, None]
+                    passed = inp * closed_f[:, None, None, None]
+                    last[scale] = self.out_relu(h) * gi[:, None, None, None] + passed if runs else passed
                     present[scale] = alive
                     continue
-                y = self.transitions[edge_key(key)](h, sizes[key[2]]) * gi[:, None, None, None]
                 target = (key[0], key[2])
-                if key[1] == key[2]:  # keep edge: the pass-through of a closed node rides on it
-                    y = y + inp * closed_f[:, None, None, None]
-                    incoming.setdefault(target, []).append((y, torch.maximum(gi, closed_f)))
-                else:
-                    incoming.setdefault(target, []).append((y, gi))
+                keep = key[1] == key[2]  # keep edge: the pass-through of a closed node rides on it
+                y = self.transitions[edge_key(key)](h, sizes[key[2]]) * gi[:, None, None, None] if runs else None
+                if keep and closed_any:
+                    passed = inp * closed_f[:, None, None, None]
+                    y = passed if y is None else y + passed
+                incoming.setdefault(target, []).append((y, torch.maximum(gi, closed_f) if keep else gi))
         logits = self.decoder(last, sizes, (x.shape[-2], x.shape[-1]), present=present)
         fixed = table.stem + self._decoder_flops(present, table)
         return RoutingOutput(
@@ -287,6 +320,19 @@ class DynamicNet(nn.Module):
             alive=alive_map,
             cell_ran=ran_map,
         )
+
+    def _absent_node(self, node, n_img, x, edge_gates, alive_map, ran_map, incoming, present) -> None:
+        """``skip_closed``: a node no image of the batch reaches: all gates 0 (as the dense forward's value),
+        nothing computed; its targets get gate-only entries, so their alive masks are the dense ones."""
+        none = torch.zeros(n_img, dtype=torch.bool, device=x.device)
+        alive_map[node], ran_map[node] = none, none
+        g = x.new_zeros(n_img, len(self.out_keys[node]))
+        for i, key in enumerate(self.out_keys[node]):
+            edge_gates[key] = g[:, i]
+            if key[0] == "out":
+                present[node[1]] = none
+            else:
+                incoming.setdefault((key[0], key[2]), []).append((None, g[:, i]))
 
     def _decoder_flops(self, present: list[torch.Tensor | None], table: CostTable) -> torch.Tensor:
         """Per image: the decoder's FLOPs from that image's coarsest present last-layer scale."""
