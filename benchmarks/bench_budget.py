@@ -59,14 +59,14 @@ def analyse(run: Path) -> dict:
     res = evaluate(model, embedded_default("val"), batch_size=8, latency_repeats=0)
     record = RunSettings.of(manifest, str(run))
     budget = record.budget.to_dict() if record.budget is not None else {}
-    per_image = res["per_image_gflops"]
+    per_image = res.per_image_gflops
     return {
-        "miou": res["miou"],
-        "body_ratio": res["body_gflops_mean"] / res["body_gflops_all_open"],
-        "gflops_mean": res["gflops_mean"],
-        "gflops_all_open": res["gflops_all_open"],
+        "miou": res.miou,
+        "body_ratio": res.body_gflops_mean / res.body_gflops_all_open,
+        "gflops_mean": res.gflops_mean,
+        "gflops_all_open": res.gflops_all_open,
         "per_image_gflops_std": statistics.pstdev(per_image),
-        "route_scale_spearman": res["route_scale_spearman"],
+        "route_scale_spearman": res.route_scale_spearman,
         "mu": budget.get("mu"),
     }
 

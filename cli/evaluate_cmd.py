@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     size = parse_size(args.size) if args.size else None
     result = evaluate_run(args.run, data=args.data, size=size, checkpoint=args.checkpoint, batch_size=args.batch_size,
                           device=args.device, latency_repeats=args.latency_repeats, latency_images=args.latency_images,
-                          tensorboard=not args.no_tensorboard, on_start=lambda: announce(args))
+                          tensorboard=not args.no_tensorboard, on_start=lambda: announce(args)).to_dict()
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
         return 0

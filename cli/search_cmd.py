@@ -290,8 +290,8 @@ def retrain_top(config, study_name: str, out_dir, k: int, steps: int | None = No
         val = load_dataset(data, "val", size=size)
         res = evaluate(model, val, batch_size=8, latency_repeats=0)
         rows.append({"rank": rank, "trial": record["number"], "spec_key": key, "gflops": record["gflops"],
-                     "params_m": record["params_m"], "search_score": record["miou"], "standalone_miou": res["miou"],
-                     "train_steps": manifest.get("step"), "val_images": res["images"], "run": str(run)})
+                     "params_m": record["params_m"], "search_score": record["miou"], "standalone_miou": res.miou,
+                     "train_steps": manifest.get("step"), "val_images": res.images, "run": str(run)})
     tau = kendall_tau([r["search_score"] for r in rows], [r["standalone_miou"] for r in rows]) if len(rows) > 1 else None
     table = {"evaluator": config.evaluator, "data": data, "size": list(size) if size else None, "rows": rows,
              "kendall_tau": tau if tau == tau else None}

@@ -4,20 +4,21 @@ For a dynamic net (a model with ``forward_skipping``) every validation image goe
 skipping executor, so the mIoU is that of the computation that is really run, and the realised FLOPs
 come per image from what ran. Latency is measured in the same call, batch 1, on the same images:
 ``latency_ms`` times ``forward_skipping``; ``latency_ms_all_open`` times the dense ``forward``, which
-computes every cell and edge (the all-open net with its gates). Both are medians over repeats, with the
-number of torch threads stated. FLOPs use the paper convention (a multiply-add is one FLOP).
+computes every cell and edge (the all-open net with its gates). The two are timed interleaved (per
+repeat and image, one after the other), after a warm-up; medians with quartiles, torch threads stated. FLOPs use the paper convention (a multiply-add is one FLOP).
 """
 from __future__ import annotations
 
 import math
 import statistics
-import time
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from .evalrecord import Evaluation
 from .metrics import ConfusionMatrix
+from .timing import interleaved_latency_ms, spread
 from .train import logits_of, resolve_device
 
 if TYPE_CHECKING:
@@ -34,31 +35,10 @@ def binary_entropy_bits(g: torch.Tensor) -> torch.Tensor:
     return ent
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
 def median_latency_ms(fn, images: list[torch.Tensor], repeats: int, device: torch.device, warmup: int = 2) -> float:
     """Median wall-clock milliseconds of ``fn(image)`` over ``repeats`` passes over ``images`` (batch 1)."""
-    with torch.inference_mode():
-        return _median_latency_ms(fn, images, repeats, device, warmup)
-
-
-def _median_latency_ms(fn, images: list[torch.Tensor], repeats: int, device: torch.device, warmup: int) -> float:
-    for _ in range(warmup):
-        for x in images:
-            fn(x)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        for x in images:
-            t0 = time.perf_counter()
-            fn(x)
-            _sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(interleaved_latency_ms({"fn": fn}, images, repeats, device, warmup)["fn"])
 
 
 def _num_classes(model: nn.Module, val_set: Any) -> int | None:
@@ -80,8 +60,9 @@ def evaluate(
     num_workers: int = 0,
     writer: Writer | None = None,
     step: int = 0,
-) -> dict:
-    """Evaluate ``model`` on ``val_set``; a JSON-ready dict (also written, at ``step``, to ``writer``, a
+) -> Evaluation:
+    """Evaluate ``model`` on ``val_set``: an :class:`~routespace.evaluators.evalrecord.Evaluation`
+    (``.to_dict()`` is the JSON; also written, at ``step``, to ``writer``, a
     ``evaluators.tensorboard.Writer``, when one is given: see ``tensorboard.log_evaluation``).
 
     Always: ``miou``, ``pixel_accuracy``, ``images``, ``size`` [H, W], ``device``, ``torch_threads``,
@@ -127,35 +108,34 @@ def evaluate(
     if cm is None:
         raise ValueError("the validation set is empty")
     summary = cm.summary()
-    result: dict[str, Any] = {
-        "miou": summary["miou"],
-        "pixel_accuracy": summary["pixel_accuracy"],
-        "iou": summary["iou"],
-        "images": len(val_set),
-        "size": size,
-        "device": str(dev),
-        "torch_threads": torch.get_num_threads(),
+    fields: dict[str, Any] = {
+        "miou": summary["miou"], "pixel_accuracy": summary["pixel_accuracy"], "iou": summary["iou"],
+        "images": len(val_set), "size": size, "device": str(dev), "torch_threads": torch.get_num_threads(),
     }
     if dynamic:
-        result.update(_dynamic_figures(model, size, torch.cat(flops), torch.cat(body)))
-        result["route_scale_spearman"] = route_scale_spearman(result["per_image_gflops"], val_set)
-        result["gate_entropy_mean"] = entropy_sum / entropy_count if entropy_count else math.nan
-        result["edges_varying_fraction"] = (
+        fields.update(_dynamic_figures(model, size, torch.cat(flops), torch.cat(body)), dynamic=True)
+        fields["route_scale_spearman"] = route_scale_spearman(fields["per_image_gflops"], val_set)
+        fields["gate_entropy_mean"] = entropy_sum / entropy_count if entropy_count else math.nan
+        fields["edges_varying_fraction"] = (
             sum(ever_open[k] and ever_closed[k] for k in ever_open) / len(ever_open) if ever_open else math.nan
         )
     elif hasattr(model, "arch"):
         from .cost import architecture_cost
 
         report = architecture_cost(model.arch, tuple(size))
-        result.update(gflops=report.gflops, params_m=report.params_m)
+        fields.update(gflops=report.gflops, params_m=report.params_m)
     if latency_repeats > 0:
-        fn = model.forward_skipping if dynamic else model
-        result["latency_ms"] = median_latency_ms(fn, latency_inputs, latency_repeats, dev)
+        fns = {"latency_ms": model.forward_skipping if dynamic else model}
         if dynamic:
-            result["latency_ms_all_open"] = median_latency_ms(model, latency_inputs, latency_repeats, dev)
-        result["latency_batch"] = 1
-        result["latency_images"] = len(latency_inputs)
-        result["latency_repeats"] = latency_repeats
+            fns["latency_ms_all_open"] = model  # the dense forward, timed interleaved with the skipping one
+        with torch.inference_mode():
+            times = interleaved_latency_ms(fns, latency_inputs, latency_repeats, dev)
+        for key, samples in times.items():
+            s = spread(samples)
+            fields[key], fields[f"{key}_iqr"] = s["median"], [s["q1"], s["q3"]]
+        fields.update(latency_batch=1, latency_images=len(latency_inputs), latency_repeats=latency_repeats,
+                      latency_interleaved=True)
+    result = Evaluation(**fields)
     if writer is not None:
         from .tensorboard import log_evaluation
 

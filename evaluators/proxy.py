@@ -158,7 +158,7 @@ class ProxyEvaluator:
             eval_seconds = time.perf_counter() - t0
         finally:
             torch.set_num_threads(old_threads)
-        miou = float(metrics["miou"])
+        miou = float(metrics.miou)
         if not math.isfinite(miou):
             miou = 0.0
         return EvalResult(

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from ..evaluators import runfolder
 from ..evaluators.pareto import pareto_indices
+from ..evaluators.timing import interleaved_times_ms, spread
 from ..spaces.architecture import Architecture
 from ..spaces.classics import CLASSICS
 from ..spaces.errors import RoutespaceError
@@ -270,7 +271,7 @@ def _run_job(out: str, settings_dict: dict, job: dict, progress: bool) -> dict:
 
             train_run(replace(req, resume=state == "partial"), command=shlex.join(request_argv(req)), progress=False)
         manifest = runfolder.read_manifest(req.out)
-        result = evaluate_run(req.out, latency_repeats=0, max_images=settings.val_images, tensorboard=False)
+        result = evaluate_run(req.out, latency_repeats=0, max_images=settings.val_images, tensorboard=False).to_dict()
         if job["kind"] != "dynamic":
             result.pop("per_image_gflops", None)
         result.update(name=job["name"], kind=job["kind"], seed=job["seed"], train_steps=int(manifest["step"]),
@@ -348,29 +349,7 @@ def _random_path_near(space: RoutingSpace, target_gflops: float, size, seed: int
     return best[1]
 
 
-# --- measurements in one process, interleaved ----------------------------------------------------------------
-def interleaved_times_ms(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Wall-clock milliseconds of each ``fns[name]()``, measured round-robin: every repeat runs every
-    function once, in the same order, so a change of load on the machine shifts all of them alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def spread(samples: list[float]) -> dict:
-    """Median, quartiles, min and max of timing samples."""
-    q = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) > 1 else [samples[0]] * 3
-    return {"median": statistics.median(samples), "q1": q[0], "q3": q[2], "min": min(samples), "max": max(samples),
-            "n": len(samples)}
-
-
+# --- measurements in one process, interleaved (evaluators.timing) -------------------------------------------
 def measure_latency(rows: list[Row], images: list, repeats: int) -> dict[str, dict]:
     """Batch-1 latency of every row's net in one loop: per repeat, each net runs each image once (dynamic
     nets with the skipping executor, and also dense with every path as '<key> (all open)')."""
@@ -566,7 +545,7 @@ def compare(
         if done is None:
             from .steps import evaluate_run
 
-            done = evaluate_run(run, latency_repeats=0, max_images=settings.val_images, tensorboard=False, write=False)
+            done = evaluate_run(run, latency_repeats=0, max_images=settings.val_images, tensorboard=False, write=False).to_dict()
             manifest_add = runfolder.read_manifest(run)
             done.update(name=name, kind="added", seed=int(manifest_add.get("seed", 0)), train_steps=int(manifest_add["step"]),
                         train_seconds=float(manifest_add.get("seconds") or 0.0), train_command=manifest_add.get("command"))
@@ -635,7 +614,7 @@ def _curves(out: Path, settings: CompareSettings, rows: list[Row], names: set, p
             for step, ckpt in runfolder.step_checkpoints(row.run):
                 r = evaluate_run(row.run, checkpoint=str(ckpt), latency_repeats=0, max_images=settings.val_images,
                                  tensorboard=False, write=False)
-                points.append([step, r["miou"]])
+                points.append([step, r.miou])
         finally:
             torch.set_num_threads(threads)
         if not points or points[-1][0] != row.result["train_steps"]:

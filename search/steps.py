@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..evaluators.runrecord import SCHEMA, BudgetRecord, RunSettings
+from ..evaluators.evalrecord import Evaluation
 from ..spaces.errors import RoutespaceError
 from ..spaces.layout import GATE_RESOLUTIONS
 from .dynamic.settings import DEFAULT_ANNEAL, DEFAULT_BUDGET_MODE, DEFAULT_RAMP, DEFAULT_WARMUP, SETTINGS, setting
@@ -359,7 +360,7 @@ def extract_common(run: str | Path, output: str | Path, tau: float = 0.5, thresh
 def evaluate_run(run: str | Path, *, data: str | None = None, size: tuple[int, int] | None = None,
                  checkpoint: str | None = None, batch_size: int = 8, device: str = "auto", latency_repeats: int = 10,
                  latency_images: int = 4, max_images: int | None = None, tensorboard: bool = True,
-                 write: bool = True, on_start: Callable[[], None] | None = None) -> dict:
+                 write: bool = True, on_start: Callable[[], None] | None = None) -> Evaluation:
     """`routespace evaluate`: mIoU, GFLOPs (realised per image for dynamic nets) and latency of a run on
     its validation split (the run's data and validation size unless given). ``write``: keep the result
     as ``RUN/evaluation.json`` (final checkpoint only, like the TensorBoard events)."""
@@ -392,9 +393,8 @@ def evaluate_run(run: str | Path, *, data: str | None = None, size: tuple[int, i
             from ..evaluators.tensorboard import figure_to_chw
 
             writer.image("eval/routes", figure_to_chw(show(run, what="routes")), step)
-    result.update(run=str(run), kind=manifest.get("kind"), data=data, step=step)
-    if record.budget is not None:
-        result["budget"] = record.budget.to_dict()
+    result = result.with_run(str(run), manifest.get("kind"), data, step,
+                             record.budget.to_dict() if record.budget is not None else None)
     if write and not checkpoint:
-        write_json_atomic(Path(run) / "evaluation.json", result)
+        write_json_atomic(Path(run) / "evaluation.json", result.to_dict())
     return result
