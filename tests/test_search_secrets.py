@@ -51,16 +51,34 @@ def database_dump(server: PostgresServer) -> str:
     return "\n".join(rows)
 
 
-def _search(out: Path, *flags: str, env: dict | None = None, trials: int = 3, study: str = "secret",
-            expect: int = 0, proxy: bool = False) -> subprocess.CompletedProcess:
-    """A search with the progress bar on (it goes to stderr); ``proxy``: the real proxy evaluator at its
-    smallest instead of the synthetic one."""
-    args = [a for a in search_args(out, *flags, trials=trials, study=study, steps=2) if a != "--no-progress"]
-    if proxy:
-        args += ["--evaluator", "proxy", "--proxy-steps", "1", "--proxy-batch", "1", "--proxy-val-images", "2"]
-    r = subprocess.run(args, env=cli_env(**(env or {})), capture_output=True, text=True, timeout=300)
-    assert r.returncode == expect, r.stderr[-3000:]
-    return r
+class _Search:
+    """A search with the progress bar on (it goes to stderr), started at once; ``proxy``: the real proxy
+    evaluator at its smallest instead of the synthetic one. ``result()`` waits for it and checks the exit
+    status. (Searches that do not depend on each other run side by side: each costs mostly its imports.)"""
+
+    def __init__(self, out: Path, *flags: str, env: dict | None = None, trials: int = 3, study: str = "secret",
+                 expect: int = 0, proxy: bool = False) -> None:
+        args = [a for a in search_args(out, *flags, trials=trials, study=study, steps=2) if a != "--no-progress"]
+        if proxy:
+            args += ["--evaluator", "proxy", "--proxy-steps", "1", "--proxy-batch", "1", "--proxy-val-images", "2"]
+        self.expect = expect
+        self.proc = subprocess.Popen(args, env=cli_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def result(self) -> subprocess.CompletedProcess:
+        try:
+            stdout, stderr = self.proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        r = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, stdout, stderr)
+        assert r.returncode == self.expect, r.stderr[-3000:]
+        return r
+
+
+def _search(out: Path, *flags: str, **kwargs) -> subprocess.CompletedProcess:
+    """A search run to its end (see :class:`_Search`)."""
+    return _Search(out, *flags, **kwargs).result()
 
 
 def test_password_is_in_no_file_attribute_or_output(server, tmp_path):
@@ -72,19 +90,30 @@ def test_password_is_in_no_file_attribute_or_output(server, tmp_path):
     pgpass.write_text(f"127.0.0.1:{server.port}:routespace:searcher:{escaped}\n")
     pgpass.chmod(0o600)
     bare = server.url(with_password=False)
-    runs = [
+    # Beside the chain below, the searches that depend on no other: refused, a database that does not exist
+    # (one-line error), started now; and one typed on the command line (in shell history then, but routespace
+    # itself writes it nowhere), another study with the real proxy, started once the first search has made the
+    # database's tables (two processes making them at once could collide)
+    wrong = _Search(tmp_path / "wrong", "--storage-env", "RS_STORAGE", expect=2,
+                    env={"RS_STORAGE": server.url().replace("routespace", "nosuchdb")})
+    inline = None
+    try:
+        # one study, each search resuming the one before it, in order
         # the URL, password included, in an environment variable; two worker processes
-        _search(tmp_path / "env", "--storage-env", "RS_STORAGE", "--workers", "2", env={"RS_STORAGE": server.url()}),
-        # libpq's PGPASSWORD with a URL without password: --resume reads the stored (masked) config
-        _search(tmp_path / "pgpassword", "--storage", bare, "--resume", env={"PGPASSWORD": PASSWORD}, trials=4),
-        # libpq's password file
-        _search(tmp_path / "pgpass", "--storage", bare, "--resume", env={"PGPASSFILE": str(pgpass)}, trials=5),
-        # typed on the command line (in shell history then, but routespace itself writes it nowhere); real proxy
-        _search(tmp_path / "inline", "--storage", server.url(), study="inline", trials=2, proxy=True),
-        # refused: wrong password, and a database that does not exist (one-line errors)
-        _search(tmp_path / "wrong", "--storage-env", "RS_STORAGE", expect=2,
-                env={"RS_STORAGE": server.url().replace("routespace", "nosuchdb")}),
-    ]
+        chain = [_search(tmp_path / "env", "--storage-env", "RS_STORAGE", "--workers", "2", env={"RS_STORAGE": server.url()})]
+        inline = _Search(tmp_path / "inline", "--storage", server.url(), study="inline", trials=2, proxy=True)
+        chain += [
+            # libpq's PGPASSWORD with a URL without password: --resume reads the stored (masked) config
+            _search(tmp_path / "pgpassword", "--storage", bare, "--resume", env={"PGPASSWORD": PASSWORD}, trials=4),
+            # libpq's password file
+            _search(tmp_path / "pgpass", "--storage", bare, "--resume", env={"PGPASSFILE": str(pgpass)}, trials=5),
+        ]
+        runs = [*chain, inline.result(), wrong.result()]
+    finally:
+        for s in (inline, wrong):
+            if s is not None and s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.wait()
     assert "cannot open storage postgresql://searcher:***@127.0.0.1" in runs[-1].stderr
     assert not (tmp_path / "wrong").exists()
     for r in runs:
