@@ -16,7 +16,9 @@ the skipping executor (top ops, and the share of wall time outside aten ops: Pyt
 The training step (batch 8 at the first size, cross-entropy + budget term, forward + backward) is timed
 interleaved in one loop for: every gate open; the learned gates (given as a gate override, so no gate head
 runs in any arm) with the dense forward; the same with ``skip_closed`` (work closed for every image of the
-batch left out). ``train_step_budget_over_all_open`` is the skip_closed one (dense: ``..._dense``).
+batch left out). ``train_step_budget_over_all_open`` is the skip_closed one (dense: ``..._dense``). Two
+more arms run the net's own gate heads in training mode (no override, as a real step does; their routes
+are the train-mode ones), dense and skip_closed: ``train_step_ms.own_gates_*``.
 
 ``--before REV`` also times (in the same interleaved loops) and profiles the skipping executor of
 ``spaces/supernet.py`` as it was at git revision REV, bound to the same net: before/after under one load.
@@ -199,7 +201,9 @@ def analyse(run: str, sizes: list[tuple[int, int]], repeats: int, before=None) -
         learned = _learned_gates(model, x)
     ones = {n: torch.ones(8, len(k)) for n, k in model.out_keys.items()}
     ms = _train_steps_ms(model, x, y, {"all_open": (ones, False), "learned_gates_dense": (learned, False),
-                                       "learned_gates_skip_closed": (learned, True)}, max(3, repeats // 2))
+                                       "learned_gates_skip_closed": (learned, True),
+                                       "own_gates_dense": (None, False), "own_gates_skip_closed": (None, True)},
+                         max(3, repeats // 2))
     result["train_step_budget_over_all_open"] = round(ms["learned_gates_skip_closed"] / ms["all_open"], 3)
     result["train_step_budget_over_all_open_dense"] = round(ms["learned_gates_dense"] / ms["all_open"], 3)
     result["train_step_ms"] = {k: round(v, 1) for k, v in ms.items()}
