@@ -41,6 +41,7 @@ reads the URL from an environment variable so that it is neither in the command 
 """
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -226,7 +227,9 @@ def _retrying(method):
     return call
 
 
+@functools.lru_cache(maxsize=1)
 def _rdb_storage_class():
+    """The RDB storage class with the heartbeat sweep and the retry layer, built once per process."""
     import optuna
     from optuna.storages._rdb import models  # pinned: optuna 4.x/5.0 layout
     from optuna.storages._rdb.storage import _create_scoped_session
