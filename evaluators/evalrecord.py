@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..spaces.errors import RoutespaceError
+from .runrecord import read_schema
 
 SCHEMA = 1
 
@@ -89,12 +90,7 @@ class Evaluation(Mapping):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "evaluation") -> "Evaluation":
-        schema = data.get("schema", 0)
-        if isinstance(schema, bool) or not isinstance(schema, int) or schema < 0:
-            raise RoutespaceError(f"{source}: its schema is {schema!r}, not a version number")
-        if schema > SCHEMA:
-            raise RoutespaceError(f"{source} was written by a newer routespace (evaluation schema {schema}, this one reads "
-                                  f"up to {SCHEMA}): upgrade routespace to read it")
+        read_schema(data, SCHEMA, source, "evaluation")
         missing = [k for k in ("miou", "images", "size") if k not in data]
         if missing:
             raise RoutespaceError(f"{source}: not an evaluation result (no {', '.join(missing)})")

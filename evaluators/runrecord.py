@@ -49,6 +49,18 @@ class BudgetRecord:
             raise RoutespaceError(f"{source}: its budget record {dict(data)!r:.100} lacks a numeric mu or lambda") from None
 
 
+def read_schema(data: Mapping[str, Any], newest: int, source: str, what: str) -> int:
+    """The record's ``schema`` (0 when absent: written before versions were recorded); refused when it is
+    not a version number or newer than ``newest``, the last this routespace reads."""
+    schema = data.get("schema", 0)
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 0:
+        raise RoutespaceError(f"{source}: its {what} has schema {schema!r}, not a version number")
+    if schema > newest:
+        raise RoutespaceError(f"{source} was written by a newer routespace ({what} schema {schema}, this one "
+                              f"reads up to {newest}): upgrade routespace to read it")
+    return schema
+
+
 def _size(value: Any, what: str, source: str) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -93,12 +105,7 @@ class RunSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "run") -> "RunSettings":
-        schema = data.get("schema", 0)
-        if isinstance(schema, bool) or not isinstance(schema, int) or schema < 0:
-            raise RoutespaceError(f"{source}: its run record has schema {schema!r}, not a version number")
-        if schema > SCHEMA:
-            raise RoutespaceError(f"{source} was written by a newer routespace (run record schema {schema}, this one "
-                                  f"reads up to {SCHEMA}): upgrade routespace to read it")
+        schema = read_schema(data, SCHEMA, source, "run record")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

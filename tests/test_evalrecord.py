@@ -17,19 +17,11 @@ from routespace.spaces.supernet import DynamicNet  # noqa: E402
 SMALL = RoutingSpace(layers=3, base_channels=8, num_classes=3, input_size=(32, 32), name="small")
 
 
-class _Val(torch.utils.data.Dataset):
-    num_classes = 3
-
-    def __init__(self, n=4):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 3, 32, 32, generator=g)
-        self.y = torch.randint(0, 3, (n, 32, 32), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
+def _val(n=4):
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 3, (n, 32, 32), generator=g))
+    data.num_classes = 3
+    return data
 
 
 def test_dynamic_evaluation_round_trips_and_times_both_forwards_interleaved(monkeypatch):
@@ -38,8 +30,8 @@ def test_dynamic_evaluation_round_trips_and_times_both_forwards_interleaved(monk
     real_skip, real_dense = net.forward_skipping, net.forward
     monkeypatch.setattr(net, "forward_skipping", lambda x, *a, **k: (order.append("skip"), real_skip(x, *a, **k))[1])
     monkeypatch.setattr(net, "forward", lambda x, *a, **k: (order.append("dense"), real_dense(x, *a, **k))[1])
-    result = ev.evaluate(net, _Val(), batch_size=2, device="cpu", latency_repeats=3, latency_images=2)
-    timed = order[len(_Val()) // 2:]  # after the two validation batches (skipping executor)
+    result = ev.evaluate(net, _val(), batch_size=2, device="cpu", latency_repeats=3, latency_images=2)
+    timed = order[len(_val()) // 2:]  # after the two validation batches (skipping executor)
     assert timed[:2] == ["skip", "dense"] and timed == ["skip", "dense"] * (len(timed) // 2)
     assert len(timed) == 2 * 2 * (3 + 2)  # 2 images x (3 repeats + 2 warm-up) x both forwards
     d = result.to_dict()
