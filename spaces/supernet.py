@@ -360,7 +360,8 @@ class DynamicNet(nn.Module):
         return plan
 
     @torch.no_grad()
-    def forward_skipping(self, x: torch.Tensor, gate_override: dict | None = None) -> RoutingOutput:
+    def forward_skipping(self, x: torch.Tensor, gate_override: dict | None = None,
+                         group_routes: bool = False) -> RoutingOutput:
         """Inference that executes only open cells and edges, each on the images whose gate is open; a
         closed node hands its input on along its keep edge. Realised FLOPs are counted from what ran.
 
@@ -371,97 +372,107 @@ class DynamicNet(nn.Module):
         takes (always at batch 1) is passed on as it is: no gather, scatter or index tensor; gates
         multiply as Python floats at batch 1. Only images that decide differently are gathered
         (``index_select``) and summed back (``index_add_``). The outputs' per-node and per-edge tensors
-        are rows of three tensors built once at the end."""
+        are rows of three tensors built once at the end.
+
+        ``group_routes`` (batch > 1): instead, images are split into groups where they first decide
+        differently (after a layer's gates), and each group runs on alone with no gathers at all, down
+        to its own decoder; the logits are put back in batch order. Fewer copies, but the per-node
+        overhead is paid once per group: it pays where images share routes and tensors are large."""
         if self.training:
             raise RoutespaceError("forward_skipping is for inference: call model.eval() first")
         n_img = x.shape[0]
-        dev = x.device
         plan = self._plan((int(x.shape[-2]), int(x.shape[-1])))
-        all_rows = list(range(n_img))
-        body_all = 0  # FLOPs every image spent (work done on the full batch)
-        body_img = [0] * n_img  # plus what each image spent on its own
-        heads_all = 0
-        heads_img = [0] * n_img
-        # per node: contributions (rows, tensor of those rows); rows None = every image, in order
-        incoming: dict[Node, list[tuple[list[int] | None, torch.Tensor]]] = {}
-        last: list[list[tuple[list[int] | None, torch.Tensor]]] = [[] for _ in range(self.space.scales)]
-        gate_vals: dict[Node, tuple[list[int] | None, list[float]]] = {}  # node -> (alive rows, flat gates)
-        ran_rows: dict[Node, list[int] | None] = {}
+        run = _Run(n_img)
+        groups = [_Group(None, {}, [[] for _ in range(self.space.scales)])]
         for layer_steps in plan.layers:
-            # 1. inputs of this layer's nodes, and their gate values (one host transfer for the layer)
-            live: list[tuple[_NodeStep, list[int] | None, torch.Tensor]] = []
-            for step in layer_steps:
-                if step.node[0] == 0:
-                    rows, inp = None, self.stem(x)
-                else:
-                    rows, inp = _gather_sum(incoming.pop(step.node, ()), n_img)
-                    if inp is None:
-                        continue  # received nothing: absent for every image
-                live.append((step, rows, inp))
-            if not live:
-                continue
-            gates = self._layer_gates(live, gate_override, n_img)
-            flat = torch.cat([g.reshape(-1) for g in gates]) if len(gates) > 1 else gates[0].reshape(-1)
-            values = flat.tolist()
-            # 2. run what is open
-            off = 0
-            for (step, rows, inp), g in zip(live, gates):
-                k = step.width
-                m = n_img if rows is None else len(rows)
-                vals = values[off: off + m * k]
-                off += m * k
-                gate_vals[step.node] = (rows, vals)
-                if rows is None:
-                    heads_all += step.gate_cost
-                else:
-                    for i in rows:
-                        heads_img[i] += step.gate_cost
-                opened = [r for r in range(m) if max(vals[r * k: (r + 1) * k]) > 0]
-                if len(opened) < m:  # closed images: pass-through along the keep edge, at no cost
-                    if opened:
-                        is_open = set(opened)
-                        closed = [r for r in range(m) if r not in is_open]
-                        passed = (_sub(rows, closed, n_img), _take(inp, closed))
+            next_groups = []
+            for grp in groups:
+                live: list[tuple[_NodeStep, list[int] | None, torch.Tensor]] = []
+                for step in layer_steps:
+                    if step.node[0] == 0:
+                        rows, inp = None, self.stem(x)
                     else:
-                        passed = (rows, inp)
-                    (incoming.setdefault(step.keep_target, []) if step.keep_target is not None
-                     else last[step.node[1]]).append(passed)
-                if not opened:
-                    ran_rows[step.node] = []
+                        rows, inp = _gather_sum(grp.incoming.pop(step.node, ()), n_img)
+                        if inp is None:
+                            continue  # received nothing: absent for every image (of the group)
+                    live.append((step, rows, inp))
+                if not live:
+                    next_groups.append(grp)
                     continue
-                every = len(opened) == m
-                o_rows = rows if every else _sub(rows, opened, n_img)
-                ran_rows[step.node] = o_rows
-                if o_rows is None:
-                    body_all += step.cell_cost
+                gates = self._layer_gates(live, gate_override, n_img)
+                flat = torch.cat([g.reshape(-1) for g in gates]) if len(gates) > 1 else gates[0].reshape(-1)
+                values = flat.tolist()  # the layer's one host transfer
+                per_node, off = [], 0
+                for (step, rows, _), g in zip(live, gates):
+                    size = g.numel()
+                    per_node.append(values[off: off + size])
+                    off += size
+                m = n_img if grp.rows is None else len(grp.rows)
+                if group_routes and m > 1:
+                    subgroups = _split_by_decisions(live, per_node, m)
                 else:
-                    for i in o_rows:
-                        body_img[i] += step.cell_cost
-                sub = inp if every else _take(inp, opened)
-                h = sub + step.cell(sub)
-                g_cols = g.t() if m > 1 else None  # (k, m): column j = edge j's gate per image
-                for e in step.edges:
-                    j = e.j
-                    sel = [q for q, r in enumerate(opened) if vals[r * k + j] > 0]
-                    if not sel:
-                        continue
-                    whole = len(sel) == len(opened)
-                    t_rows = o_rows if whole else _sub(o_rows, sel, n_img)
-                    if t_rows is None:
-                        body_all += e.cost
-                    else:
-                        for i in t_rows:
-                            body_img[i] += e.cost
-                    hs = h if whole else _take(h, sel)
-                    if m == 1:
-                        mult: float | torch.Tensor = vals[j]
-                    else:
-                        col = g_cols[j]
-                        picked = opened if whole else [opened[q] for q in sel]
-                        mult = (col if len(picked) == m else _take(col, picked)).view(-1, 1, 1, 1)
-                    y = (e.module(hs) if e.target is None else e.module(hs, e.size)) * mult
-                    (incoming.setdefault(e.target, []) if e.target is not None else last[step.node[1]]).append((t_rows, y))
-        return self._skipping_output(x, plan, last, gate_vals, ran_rows, body_all, body_img, heads_all, heads_img)
+                    subgroups = None
+                if subgroups is None:
+                    self._run_layer(live, gates, per_node, grp, run, n_img)
+                    next_groups.append(grp)
+                    continue
+                for pos in subgroups:  # each decides alike from here on: slice its rows, run it alone
+                    rows = _sub(grp.rows, pos, n_img)
+                    sub_live = [(step, rows, _take(inp, pos)) for step, _, inp in live]
+                    sub_gates = [_take(g, pos) for g in gates]
+                    sub_vals = [[v for p in pos for v in vals[p * s.width: (p + 1) * s.width]]
+                                for (s, _, _), vals in zip(live, per_node)]
+                    sub = _Group(rows, {}, [[] for _ in range(self.space.scales)])
+                    self._run_layer(sub_live, sub_gates, sub_vals, sub, run, n_img)
+                    next_groups.append(sub)
+            groups = next_groups
+        return self._skipping_output(x, plan, groups, run)
+
+    def _run_layer(self, live, gates, per_node, grp: "_Group", run: "_Run", n_img: int) -> None:
+        """Run the open cells and edges of one layer's live nodes (gate values known), filling the
+        group's contributions to the next layer (or the decoder) and the FLOPs counts."""
+        for (step, rows, inp), g, vals in zip(live, gates, per_node):
+            k = step.width
+            m = n_img if rows is None else len(rows)
+            run.gates.setdefault(step.node, []).append((rows, vals))
+            run.count(rows, step.gate_cost, heads=True)
+            opened = [r for r in range(m) if max(vals[r * k: (r + 1) * k]) > 0]
+            if len(opened) < m:  # closed images: pass-through along the keep edge, at no cost
+                if opened:
+                    is_open = set(opened)
+                    closed = [r for r in range(m) if r not in is_open]
+                    passed = (_sub(rows, closed, n_img), _take(inp, closed))
+                else:
+                    passed = (rows, inp)
+                (grp.incoming.setdefault(step.keep_target, []) if step.keep_target is not None
+                 else grp.last[step.node[1]]).append(passed)
+            if not opened:
+                run.ran.setdefault(step.node, []).append([])
+                continue
+            every = len(opened) == m
+            o_rows = rows if every else _sub(rows, opened, n_img)
+            run.ran.setdefault(step.node, []).append(o_rows)
+            run.count(o_rows, step.cell_cost)
+            sub = inp if every else _take(inp, opened)
+            h = sub + step.cell(sub)
+            g_cols = g.t() if m > 1 else None  # (k, m): column j = edge j's gate per image
+            for e in step.edges:
+                j = e.j
+                sel = [q for q, r in enumerate(opened) if vals[r * k + j] > 0]
+                if not sel:
+                    continue
+                whole = len(sel) == len(opened)
+                t_rows = o_rows if whole else _sub(o_rows, sel, n_img)
+                run.count(t_rows, e.cost)
+                hs = h if whole else _take(h, sel)
+                if m == 1:
+                    mult: float | torch.Tensor = vals[j]
+                else:
+                    col = g_cols[j]
+                    picked = opened if whole else [opened[q] for q in sel]
+                    mult = (col if len(picked) == m else _take(col, picked)).view(-1, 1, 1, 1)
+                y = (e.module(hs) if e.target is None else e.module(hs, e.size)) * mult
+                (grp.incoming.setdefault(e.target, []) if e.target is not None else grp.last[step.node[1]]).append((t_rows, y))
 
     def _layer_gates(self, live: list, gate_override: dict | None, n_img: int) -> list[torch.Tensor]:
         """Gate values (m, k) of each live node of one layer: the heads' pre-activations concatenated and
@@ -486,55 +497,73 @@ class DynamicNet(nn.Module):
         act = SoftGate.activate(torch.cat([t.reshape(-1) for t in z]))
         return [a.view(t.shape) for a, t in zip(act.split(sizes), z)]
 
-    def _skipping_output(self, x, plan, last, gate_vals, ran_rows, body_all, body_img, heads_all, heads_img) -> RoutingOutput:
-        """Decoder on the last-layer features, and the output's tensors from the Python bookkeeping."""
+    def _decode_group(self, x: torch.Tensor, plan: "_Plan", grp: "_Group", dec: list[int]) -> torch.Tensor:
+        """The decoder on one group's last-layer features: logits of the group's rows (in order); fills
+        each image's decoder FLOPs (from its coarsest present scale) into ``dec``."""
         n_img = x.shape[0]
         dev = x.device
+        m = n_img if grp.rows is None else len(grp.rows)
+        pos_of = None if grp.rows is None else {img: q for q, img in enumerate(grp.rows)}
         feats: list[torch.Tensor | None] = [None] * self.space.scales
         rows_at: list[list[int] | None | bool] = [False] * self.space.scales  # False: absent for every image
-        for s, parts in enumerate(last):
+        for s, parts in enumerate(grp.last):
             if not parts:
                 continue
             rows, total = _gather_sum(parts, n_img)
+            if rows == grp.rows:
+                rows = None  # every image of the group
             rows_at[s] = rows
             if rows is None:
                 feats[s] = total
             else:
-                feat = total.new_zeros(n_img, *total.shape[1:])
-                feats[s] = feat.index_copy_(0, torch.tensor(rows, device=dev), total)
-        partial = any(r is not None and r is not False for r in rows_at)
+                where = rows if pos_of is None else [pos_of[i] for i in rows]
+                feat = total.new_zeros(m, *total.shape[1:])
+                feats[s] = feat.index_copy_(0, torch.tensor(where, device=dev), total)
         present = None
-        if partial:  # some scale exists for some images only: the decoder starts per image
-            present = [None if r is False else _bool_mask(list(range(n_img)) if r is None else r, n_img, dev)
-                       for r in rows_at]
+        if any(r is not None and r is not False for r in rows_at):  # some scale exists for some images only
+            present = [None if r is False else _bool_mask(
+                list(range(m)) if r is None else ([pos_of[i] for i in r] if pos_of else r), m, dev) for r in rows_at]
         logits = self.decoder(feats, plan.sizes, (x.shape[-2], x.shape[-1]), present=present)
-        dec = [0] * n_img
-        covered = [False] * n_img
+        group_rows = range(n_img) if grp.rows is None else grp.rows
+        covered: set[int] = set()
         for s in range(self.space.scales - 1, -1, -1):
             r = rows_at[s]
             if r is False:
                 continue
-            for i in (range(n_img) if r is None else r):
-                if not covered[i]:
-                    covered[i] = True
+            for i in (group_rows if r is None else r):
+                if i not in covered:
+                    covered.add(i)
                     dec[i] = plan.decoder[s]
-        body = [body_all + b for b in body_img]
-        total = [b + heads_all + hd + plan.stem + d for b, hd, d in zip(body, heads_img, dec)]
+        return logits
+
+    def _skipping_output(self, x, plan, groups: list["_Group"], run: "_Run") -> RoutingOutput:
+        """Decoder(s) on the last-layer features, and the output's tensors from the Python bookkeeping."""
+        n_img = x.shape[0]
+        dev = x.device
+        dec = [0] * n_img
+        if len(groups) == 1 and groups[0].rows is None:
+            logits = self._decode_group(x, plan, groups[0], dec)
+        else:
+            parts = [(grp.rows, self._decode_group(x, plan, grp, dec)) for grp in groups]
+            logits = parts[0][1].new_empty(n_img, *parts[0][1].shape[1:])
+            for rows, t in parts:
+                logits.index_copy_(0, torch.tensor(rows, device=dev), t)
+        body = [run.body_all + b for b in run.body_img]
+        total = [b + run.heads_all + hd + plan.stem + d for b, hd, d in zip(body, run.heads_img, dec)]
         flops = torch.tensor([body, total], dtype=x.dtype, device=dev)
         # every edge's gate per image, every node's alive / ran flags: one tensor each, rows as views
         gate_table: list[list[float]] = []
         flags: list[list[bool]] = []
         for node in self.nodes_:
             k = len(self.out_keys[node])
-            rows, vals = gate_vals.get(node, (False, ()))
             cols = [[0.0] * n_img for _ in range(k)]
-            if rows is not False:
+            for rows, vals in run.gates.get(node, ()):
                 for r, i in enumerate(range(n_img) if rows is None else rows):
                     for j in range(k):
                         cols[j][i] = vals[r * k + j]
             gate_table.extend(cols)
-            flags.append(_row_flags(rows, n_img))
-            flags.append(_row_flags(ran_rows.get(node, False), n_img))
+            flags.append(_row_flags(run.alive_rows(node), n_img))
+            flags.append(_row_flags(run.ran_all(node), n_img))
         gates_t = torch.tensor(gate_table, dtype=x.dtype, device=dev).unbind(0)
         flags_t = torch.tensor(flags, dtype=torch.bool, device=dev).unbind(0)
         keys = [key for node in self.nodes_ for key in self.out_keys[node]]
@@ -550,6 +579,71 @@ class DynamicNet(nn.Module):
             alive={n: flags_t[2 * q] for q, n in enumerate(self.nodes_)},
             cell_ran={n: flags_t[2 * q + 1] for q, n in enumerate(self.nodes_)},
         )
+
+
+class _Group:
+    """Images that run together in the skipping executor (rows None: the whole batch), with their
+    pending contributions to the next layer's nodes and to the decoder."""
+
+    __slots__ = ("rows", "incoming", "last")
+
+    def __init__(self, rows: list[int] | None, incoming: dict, last: list):
+        self.rows = rows
+        self.incoming: dict[Node, list[tuple[list[int] | None, torch.Tensor]]] = incoming
+        self.last: list[list[tuple[list[int] | None, torch.Tensor]]] = last
+
+
+class _Run:
+    """The Python bookkeeping of one skipping pass: FLOPs per image (work done on the whole batch is
+    counted once, not per image), gate values and which images ran each node's cell."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.body_all = 0
+        self.body_img = [0] * n
+        self.heads_all = 0
+        self.heads_img = [0] * n
+        # node -> [(rows, flat gate values of those rows)], one entry per group that reached the node
+        self.gates: dict[Node, list[tuple[list[int] | None, list[float]]]] = {}
+        self.ran: dict[Node, list[list[int] | None]] = {}  # node -> rows that ran its cell, per group
+
+    def count(self, rows: list[int] | None, flops: int, heads: bool = False) -> None:
+        if rows is None:
+            if heads:
+                self.heads_all += flops
+            else:
+                self.body_all += flops
+            return
+        per = self.heads_img if heads else self.body_img
+        for i in rows:
+            per[i] += flops
+
+    def alive_rows(self, node: Node) -> list[int] | None | bool:
+        return _union([rows for rows, _ in self.gates.get(node, ())])
+
+    def ran_all(self, node: Node) -> list[int] | None | bool:
+        return _union(self.ran.get(node, ()))
+
+
+def _union(row_sets) -> list[int] | None | bool:
+    """Union of row sets (None = every image); False when there are none."""
+    row_sets = list(row_sets)
+    if not row_sets:
+        return False
+    if any(r is None for r in row_sets):
+        return None
+    return sorted(set().union(*row_sets))
+
+
+def _split_by_decisions(live, per_node, m: int) -> list[list[int]] | None:
+    """Positions 0..m-1 grouped by their open/closed pattern over the layer's gates (in first-seen
+    order); None when every image decides alike."""
+    groups: dict[tuple, list[int]] = {}
+    for p in range(m):
+        sig = tuple(v > 0 for (step, _, _), vals in zip(live, per_node)
+                    for v in vals[p * step.width: (p + 1) * step.width])
+        groups.setdefault(sig, []).append(p)
+    return None if len(groups) == 1 else list(groups.values())
 
 
 @dataclass(frozen=True)

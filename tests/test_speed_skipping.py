@@ -115,3 +115,47 @@ def test_gate_override_of_the_wrong_shape_is_refused():
     bad = {(0, 0): torch.ones(2, len(net.out_keys[(0, 0)]))}
     with pytest.raises(RoutespaceError, match="must have shape"):
         net.forward_skipping(torch.randn(1, 3, 64, 64), gate_override=bad)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: str(c))
+def test_group_routes_equals_dense(case):
+    """``group_routes``: images split where they first decide differently and run on alone; same logits,
+    gates, flags and FLOPs as the dense forward, and what ran is what was counted."""
+    net = _net(preset("tiny"), seed=case["seed"], gate_resolution="quarter")
+    gen = torch.Generator().manual_seed(case["seed"])
+    gates = _random_gates(net, 5, gen, case.get("p_closed", 0.4), case.get("close_nodes", ()),
+                          case.get("close_layers", ()), case.get("close_edges", ()))
+    x = torch.randn(5, 3, 96, 160, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        dense = net(x, gate_override=gates)
+    skip, hooked = _hooked_flops(net, lambda: net.forward_skipping(x, gate_override=gates, group_routes=True))
+    assert (dense.logits - skip.logits).abs().max() <= 1e-5 * max(1.0, float(dense.logits.abs().max()))
+    body, total, heads = _hand_count(net.space, (96, 160), net, gates)
+    assert torch.equal(skip.realised_body_flops, body) and torch.equal(skip.realised_flops, total)
+    assert hooked == int(skip.realised_flops.sum() - heads.sum())
+    for node in net.space.nodes():
+        assert torch.equal(dense.alive[node], skip.alive[node])
+        assert torch.equal(dense.cell_ran[node], skip.cell_ran[node])
+    for key, g in dense.edge_gates.items():
+        assert torch.equal(g, skip.edge_gates[key])
+
+
+def test_group_routes_with_two_routes_gathers_only_where_they_split():
+    """Images 0, 2 take one route, 1, 3 another: one split (an index_select per live tensor of that
+    layer), no scatter-adds, an index_copy_ per group putting its logits back."""
+    net = _net(preset("tiny"), seed=3)
+    gen = torch.Generator().manual_seed(3)
+    a, b = (_random_gates(net, 1, gen, 0.5) for _ in range(2))
+    gates = {n: torch.cat([a[n], b[n], a[n], b[n]]) for n in a}
+    x = torch.randn(4, 3, 64, 64, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        dense = net(x, gate_override=gates)
+    log = _OpLog()
+    with log:
+        skip = net.forward_skipping(x, gate_override=gates, group_routes=True)
+    assert (dense.logits - skip.logits).abs().max() <= 1e-5 * max(1.0, float(dense.logits.abs().max()))
+    assert torch.equal(dense.realised_flops, skip.realised_flops)
+    ops = _indexing(log.ops)
+    assert not [o for o in ops if "index_add" in o or "index_put" in o]
+    assert sum("index_copy" in o for o in ops) == 2
+    assert 0 < sum("index_select" in o for o in ops)
