@@ -9,7 +9,8 @@ the nets, warm-up first, median and interquartile range of the repeats, one torc
 - the static net (a classic or a random path) whose GFLOPs are closest to the dynamic net's realised mean.
 
 Reported: latency ratios dynamic / Common and dynamic / equal-GFLOPs static (target <= 1.3), time saving /
-FLOPs saving of dynamic vs all-open (target >= 0.8), batch-8 throughput of skipping vs dense (learned gates),
+FLOPs saving of dynamic vs all-open (target >= 0.8), batch-8 throughput of skipping (gathering the images
+that decide differently, and with ``group_routes``) vs dense (learned gates),
 a training step with the learned gates vs all gates open (target <= 0.6), and a torch.profiler summary of
 the skipping executor (top ops, and the share of wall time outside aten ops: Python and dispatch overhead).
 
@@ -167,7 +168,8 @@ def analyse(run: str, sizes: list[tuple[int, int]], repeats: int, before=None) -
         d, o = t["dynamic_skipping"]["median_ms"], t["all_open_dense"]["median_ms"]
         flops_saving, time_saving = 1 - dyn_gflops / all_open, 1 - d / o
         xb = torch.cat(xs)
-        batch_fns = {"skipping": model.forward_skipping, "dense": model.forward}
+        batch_fns = {"skipping": model.forward_skipping, "dense": model.forward,
+                     "skipping_grouped": lambda x: model.forward_skipping(x, group_routes=True)}
         if old is not None:
             batch_fns["skipping_before"] = old
         tb = _interleaved_ms(batch_fns, [xb], max(5, repeats // 3))
@@ -179,6 +181,7 @@ def analyse(run: str, sizes: list[tuple[int, int]], repeats: int, before=None) -
             "dynamic_over_equal_static": round(d / t["equal_gflops_static"]["median_ms"], 3),
             "time_saving_over_flops_saving": round(time_saving / flops_saving, 3) if flops_saving > 0.01 else None,
             "batch8_skipping_over_dense_throughput": round(tb["dense"]["median_ms"] / tb["skipping"]["median_ms"], 3),
+            "batch8_grouped_skipping_over_dense_throughput": round(tb["dense"]["median_ms"] / tb["skipping_grouped"]["median_ms"], 3),
             "batch8_ms": {k: v["median_ms"] for k, v in tb.items()},
             "profile_skipping": _profile(model.forward_skipping, xs, d),
         }
