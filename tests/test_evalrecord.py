@@ -5,14 +5,12 @@ import json
 import pytest
 import torch
 
-torch.set_num_threads(1)
-
-from routespace.evaluators import evaluate as ev  # noqa: E402
-from routespace.evaluators.evalrecord import SCHEMA, Evaluation  # noqa: E402
-from routespace.evaluators.timing import interleaved_latency_ms  # noqa: E402
-from routespace.spaces.errors import RoutespaceError  # noqa: E402
-from routespace.spaces.space import RoutingSpace  # noqa: E402
-from routespace.spaces.supernet import DynamicNet  # noqa: E402
+from routespace.evaluators import evaluate as ev
+from routespace.evaluators.evalrecord import SCHEMA, Evaluation
+from routespace.evaluators.timing import interleaved_latency_ms
+from routespace.spaces.errors import RoutespaceError
+from routespace.spaces.space import RoutingSpace
+from routespace.spaces.supernet import DynamicNet
 
 SMALL = RoutingSpace(layers=3, base_channels=8, num_classes=3, input_size=(32, 32), name="small")
 
