@@ -31,6 +31,10 @@ SUFFIX = {"torchscript": "pt", "export": "pt2", "onnx": "onnx"}
 # The exported nets' space: 5 layers reach every scale and carry HRNetV2's exchanges; narrower and shorter
 # than the tiny preset, which halves the time of each export (the export path does not depend on depth).
 SMALL = RoutingSpace(layers=5, base_channels=8, num_classes=5, input_size=(64, 64), name="small")
+# The random subgraph's space: 3 layers, the fewest that reach every scale; its seed-12 subgraph (7 edges, half
+# the edges of a 5-layer one, so half the trace) has sepconv, res2net and basic cells, down and up edges, and a
+# node at every scale.
+SMALL3 = RoutingSpace(layers=3, base_channels=8, num_classes=5, input_size=(64, 64), name="small3")
 
 
 def _net(arch, seed=0):
@@ -55,8 +59,10 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     archs = {
         "hrnetv2": classic("hrnetv2", SMALL),
-        "random": random_architecture(SMALL, 11, p=0.5, cell_choices=["sepconv", "res2net", "basic"]),
+        "random": random_architecture(SMALL3, 12, p=0.5, cell_choices=["sepconv", "res2net", "basic"]),
     }
+    cell_types = {archs["random"].cell_of(node) for node in archs["random"].nodes if node[0] > 0}
+    assert cell_types == {"sepconv", "res2net", "basic"}, cell_types  # every cell type goes through the exporters
     cases = []
     for name, arch in archs.items():
         net = _net(arch)
