@@ -67,8 +67,31 @@ def analyse(run: Path) -> dict:
         "gflops_all_open": res.gflops_all_open,
         "per_image_gflops_std": statistics.pstdev(per_image),
         "route_scale_spearman": res.route_scale_spearman,
+        "gate_saturated_fraction": gate_saturation(model, embedded_default("val")),
         "mu": budget.get("mu"),
     }
+
+
+def gate_saturation(model, val, images: int = 32, limit: float = 3.0) -> float:
+    """Fraction of gate-head pre-activations x with |x| > ``limit`` (tanh'(x) < 0.01: the gate, open or closed,
+    barely moves any more, revivable or not), over every gate head of the dense forward on the first
+    ``images`` validation images."""
+    import torch
+
+    from routespace.spaces.supernet import SoftGate
+
+    pre: list = []
+    heads = [m for m in model.modules() if isinstance(m, SoftGate)]
+    hooks = [h.fc.register_forward_hook(lambda _m, _i, out: pre.append(out.detach().flatten())) for h in heads]
+    try:
+        x = torch.stack([val[i][0] for i in range(min(images, len(val)))])
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    values = torch.cat(pre)
+    return float((values.abs() > limit).float().mean())
 
 
 def main() -> None:
