@@ -39,7 +39,8 @@ from ..spaces.errors import RoutespaceError
 
 BUNDLED_PACKAGE = "routespace.configs"
 MAX_BYTES = 1_000_000
-TOP_KEYS = ("preset", "data", "size", "val_size", "arch", "setting", "gate_resolution", "sampling", "budget", "train")
+TOP_KEYS = ("preset", "data", "size", "val_size", "arch", "setting", "gate_resolution", "sampling", "skip_closed", "budget",
+            "train")
 SAMPLINGS = ("gates", "uniform")  # `routespace train --sampling`
 BUDGET_KEYS = ("mode", "mu", "gflops", "lambda", "warmup", "ramp", "anneal", "adaptive")
 # budget key -> the `routespace train` flag (attribute) it stands for
@@ -212,11 +213,13 @@ def _check(data: dict, base: Path | None) -> dict:
     if "gate_resolution" in out and _typed(out["gate_resolution"], str, "gate_resolution") not in GATE_RESOLUTIONS:
         raise RoutespaceError(f"gate_resolution: unknown gate resolution {out['gate_resolution']!r}: choose one of "
                               f"{', '.join(GATE_RESOLUTIONS)}")
+    if "skip_closed" in out:
+        _typed(out["skip_closed"], bool, "skip_closed")
     if "sampling" in out and _typed(out["sampling"], str, "sampling") not in SAMPLINGS:
         raise RoutespaceError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {out['sampling']!r}")
     if "arch" in out:
         out["arch"] = _check_arch(out["arch"], base)
-        dynamic = [k for k in ("setting", "gate_resolution", "sampling", "budget") if k in out]
+        dynamic = [k for k in ("setting", "gate_resolution", "sampling", "skip_closed", "budget") if k in out]
         if dynamic:
             raise RoutespaceError(f"arch (a static net) and {dynamic[0]} (the dynamic net's) exclude each other: "
                                   "set one of them to null")
@@ -326,6 +329,8 @@ def apply_config(args: argparse.Namespace) -> None:
     if "sampling" in cfg and not hasattr(args, "sampling"):
         raise RoutespaceError(f"config {source} sets sampling, which this `routespace train` has no option for")
     fill("sampling", cfg.get("sampling"))
+    if cfg.get("skip_closed") and hasattr(args, "skip_closed"):
+        args.skip_closed = True
     budget = cfg.get("budget") or {}
     targets_given = given("budget_mu") or given("budget_gflops")
     for key, flag in BUDGET_FLAG.items():
@@ -362,6 +367,7 @@ def config_of_manifest(manifest: dict, source: str) -> dict:
         "setting": cli.get("setting"),
         "gate_resolution": cli.get("gate_resolution"),
         **({"sampling": cli["sampling"]} if cli.get("sampling") is not None else {}),
+        **({"skip_closed": True} if cli.get("skip_closed") else {}),
         "budget": budget,
         "train": {**{k: train[k] for k in _train_fields() if k in train}, **train},  # TrainConfig's order
     }

@@ -48,6 +48,10 @@ def register(sub) -> None:
     b.add_argument("--sampling", default=None, choices=("gates", "uniform"),
                    help="gates: the dynamic net's own soft gates (default); uniform: a uniformly drawn single path "
                    "per image and step (SPOS), a supernet for one-shot search scoring (no budget)")
+    b.add_argument("--skip-closed", action="store_true",
+                   help="training leaves out cells, edges and gate heads closed for every image of the batch (faster under "
+                   "a budget; exact forward values, but a gate closed for the whole batch then gets no cross-entropy "
+                   "gradient that step, only the budget's: see DynamicNet.forward); kept on resume")
     b.add_argument("--fixed-lambda", action="store_true",
                    help="keep lambda fixed in realised mode (default there: adaptive, raised while the realised FLOPs are "
                    "above the target; paper mode always keeps it fixed)")

@@ -84,6 +84,7 @@ class RunSettings:
     setting: str | None = None  # dynamic setting name (A, B, C, raw)
     gate_resolution: str | None = None
     sampling: str | None = None  # 'gates' or 'uniform' (dynamic nets)
+    skip_closed: bool = False  # training leaves out work closed for every image of a batch (DynamicNet.forward)
     schema: int = SCHEMA
 
     @property
@@ -95,6 +96,8 @@ class RunSettings:
                "val_size": list(self.val_size) if self.val_size else None,
                "budget": self.budget.to_dict() if self.budget is not None else None, "arch": self.arch,
                "setting": self.setting, "gate_resolution": self.gate_resolution, "sampling": self.sampling}
+        if self.skip_closed:  # records of runs without it stay as they were written
+            out["skip_closed"] = True
         if self.schema:  # a schema-0 record (an older run, resumed) is written back as it was
             out["schema"] = self.schema
         return out
@@ -120,7 +123,8 @@ class RunSettings:
                    size=_size(data.get("size"), "size", source), val_size=_size(data.get("val_size"), "val_size", source),
                    budget=BudgetRecord.from_dict(budget, source) if budget is not None else None,
                    arch=dict(arch) if arch is not None else None, setting=data.get("setting"),
-                   gate_resolution=data.get("gate_resolution"), sampling=data.get("sampling"), schema=schema)
+                   gate_resolution=data.get("gate_resolution"), sampling=data.get("sampling"),
+                   skip_closed=bool(data.get("skip_closed", False)), schema=schema)
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any], source: str = "run") -> "RunSettings | None":

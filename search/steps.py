@@ -48,6 +48,7 @@ class TrainRequest:
     no_budget: bool = False
     fixed_lambda: bool = False
     sampling: str | None = None
+    skip_closed: bool = False
     data: str | None = None
     size: str | tuple[int, int] | None = None
     val_size: str | tuple[int, int] | None = None
@@ -65,6 +66,7 @@ class TrainRequest:
         values["no_budget"] = bool(values["no_budget"])
         values["fixed_lambda"] = bool(values["fixed_lambda"])
         values["resume"] = bool(values["resume"])
+        values["skip_closed"] = bool(values["skip_closed"])
         train = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None}
         return cls(**values, train=train, tensorboard=not getattr(args, "no_tensorboard", False))
 
@@ -92,8 +94,10 @@ class TrainRequest:
                                   "use --setting A, B or C (or no setting) with budget flags")
         if self.sampling == "uniform" and (given or (self.setting and self.setting != "raw")):
             raise RoutespaceError("--sampling uniform trains without a budget: leave out the budget flags and --setting")
-        if self.arch and (given or self.no_budget or self.setting or self.gate_resolution or self.sampling):
+        if self.arch and (given or self.no_budget or self.setting or self.gate_resolution or self.sampling or self.skip_closed):
             raise RoutespaceError("budget, setting and gate flags apply to the dynamic net only: leave them out with --arch")
+        if self.skip_closed and self.sampling == "uniform":
+            raise RoutespaceError("--skip-closed applies to the gated dynamic net: leave it out with --sampling uniform")
         if self.budget_mu is not None and self.budget_gflops is not None:
             raise RoutespaceError("give either --budget-mu or --budget-gflops, not both")
         if self.budget_mu is not None:
@@ -253,11 +257,13 @@ def train_run(request: TrainRequest, *, command: str | None = None, progress: bo
     elif req.arch is not None:
         arch = load_arch(req.arch, space)
     setting_name = gate_resolution = sampling = budget = None
+    skip_closed = False
     if arch is None:
         setting_name = _setting_name(req, prev)
         gate_resolution = _pick(req.gate_resolution, prev and prev.gate_resolution, setting(setting_name).gate_resolution)
         sampling = _pick(req.sampling, prev and prev.sampling, "gates")
         budget = _budget(req, prev, space, val_size, gate_resolution)  # GFLOPs as `routespace evaluate` reports them
+        skip_closed = req.skip_closed or bool(prev and prev.skip_closed)
 
     # every TrainConfig field: the request's, and those only a config file sets (momentum, poly_power, keep_checkpoints)
     overrides = {f.name: _pick(req.train.get(f.name), prev_cfg.get(f.name), None) for f in dataclasses.fields(TrainConfig)}
@@ -284,7 +290,7 @@ def train_run(request: TrainRequest, *, command: str | None = None, progress: bo
 
             model = UniformPathNet(space, gate_resolution=gate_resolution)
         else:
-            model = DynamicNet(space, gate_resolution=gate_resolution)
+            model = DynamicNet(space, gate_resolution=gate_resolution, skip_closed=skip_closed)
         kind, spec = "dynamic", model.spec()
     extra_loss = None
     if budget is not None:
@@ -292,7 +298,7 @@ def train_run(request: TrainRequest, *, command: str | None = None, progress: bo
                                       adaptive=budget.adaptive, anneal=budget.anneal)
     record = RunSettings(preset=preset_name, data=data, size=tuple(size), val_size=tuple(val_size), budget=budget,
                          arch=arch.to_dict() if arch is not None else None, setting=setting_name,
-                         gate_resolution=gate_resolution, sampling=sampling,
+                         gate_resolution=gate_resolution, sampling=sampling, skip_closed=skip_closed,
                          schema=prev.schema if prev is not None else SCHEMA)
     meta = {
         "kind": kind, "spec": spec, "extra": record.extra(),

@@ -186,3 +186,47 @@ def test_run_record_is_typed_and_versioned(static_run, tmp_path, capsys):
     (old / "manifest.json").write_text(json.dumps(m))
     _fails(capsys, ["config", "dump", str(old)], "newer routespace")
     _fails(capsys, ["evaluate", str(old), "--latency-repeats", "0"], "newer routespace")
+
+
+def test_skip_closed_training_is_recorded_resumed_and_leaves_out_batch_closed_cells(capsys, tmp_path, monkeypatch):
+    """--skip-closed: the run record keeps it (resume and config dump carry it on) and the model the run trains
+    runs no cell that every image of the batch has closed (hooks count what ran)."""
+    from routespace.spaces import supernet
+
+    built = []
+    original = supernet.DynamicNet.__init__
+
+    def spy(self, *a, **k):
+        original(self, *a, **k)
+        built.append(self)
+
+    monkeypatch.setattr(supernet.DynamicNet, "__init__", spy)
+    run = tmp_path / "skip"
+    args = ["train", "--out", str(run), "--steps", "2", "--batch-size", "2", "--size", "32x32", "--setting", "A",
+            "--skip-closed", "--no-tensorboard"]
+    assert main(args) == 0
+    record = json.loads((run / "manifest.json").read_text())["extra"]["cli"]
+    assert record["skip_closed"] is True and built[-1].skip_closed is True
+    (run / "checkpoints" / "final.pt").unlink()
+    assert main(["train", "--out", str(run), "--resume", "--no-tensorboard"]) == 0
+    assert built[-1].skip_closed is True  # from the run folder
+    capsys.readouterr()
+    assert main(["config", "dump", str(run)]) == 0
+    assert "skip_closed: true" in capsys.readouterr().out
+    # what the flag does to a forward: a cell closed for the whole batch does not run
+    net = built[-1]
+    ran = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: ran.append(k)) for k, m in net.cells.items()]
+    from routespace.spaces.keys import node_key
+
+    # every gate of the first layers open, every later one closed: the later cells are closed for the batch
+    override = {n: torch.full((2, net.gates[node_key(n)].fc.out_channels), 1.0 if n[0] < 2 else 0.0) for n in net.nodes_}
+    ran.clear()
+    net(torch.randn(2, 3, 32, 32), gate_override=override)
+    skipped = list(ran)
+    ran.clear()
+    net(torch.randn(2, 3, 32, 32), gate_override=override, skip_closed=False)
+    assert len(skipped) < len(ran)
+    for h in hooks:
+        h.remove()
+    _fails(capsys, ["train", "--out", str(tmp_path / "bad"), "--arch", "unet", "--skip-closed"], "dynamic net only")
