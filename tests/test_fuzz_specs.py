@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from routespace.cli.main import main
 from routespace.spaces.architecture import Architecture, load_architecture
@@ -28,8 +28,13 @@ from routespace.spaces.space import CELL_TYPES, RoutingSpace
 
 # ROUTESPACE_FUZZ_SCALE=20 runs 20x the examples (for a long hunt; CI keeps the default, ~20 s).
 _SCALE = max(1, int(os.environ.get("ROUTESPACE_FUZZ_SCALE", "1")))
-FUZZ = settings(max_examples=250 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-FUZZ_CLI = settings(max_examples=120 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# derandomize=False: Hypothesis' CI profile (chosen when CI is set) derandomizes, and its derandomized stream of
+# these strategies is ~40x slower to draw (test_loader_on_arbitrary_bytes: 167 s against 3.9 s, measured); one fixed
+# seed per test (_SEED) keeps CI reproducible instead; ROUTESPACE_FUZZ_SEED picks another stream for a hunt.
+_SEED = int(os.environ.get("ROUTESPACE_FUZZ_SEED", "20261201"))
+_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
+FUZZ = settings(max_examples=250 * _SCALE, deadline=None, derandomize=False, suppress_health_check=_HEALTH)
+FUZZ_CLI = settings(max_examples=120 * _SCALE, deadline=None, derandomize=False, suppress_health_check=_HEALTH)
 _counter = itertools.count()
 
 
@@ -246,6 +251,7 @@ def _assert_cli_outcome(rc: int, stderr: str) -> None:
 
 # --- properties ----------------------------------------------------------------------------------------
 @FUZZ
+@seed(_SEED)
 @given(spec=st.one_of(valid_specs(), mutated_specs()))
 def test_loader_gives_a_valid_architecture_or_one_line_error(spec):
     text = _dumps(spec)
@@ -259,6 +265,7 @@ def test_loader_gives_a_valid_architecture_or_one_line_error(spec):
 
 
 @FUZZ
+@seed(_SEED)
 @given(spec=valid_specs())
 def test_valid_specs_load_to_the_same_architecture(spec):
     arch = Architecture.from_dict(spec)
@@ -268,6 +275,7 @@ def test_valid_specs_load_to_the_same_architecture(spec):
 
 
 @FUZZ
+@seed(_SEED)
 @given(data=spec_bytes())
 def test_loader_on_arbitrary_bytes(data):
     outcome = _load(data)
@@ -283,6 +291,7 @@ def fuzz_dir(tmp_path_factory) -> Path:
 
 
 @FUZZ_CLI
+@seed(_SEED)
 @given(data=spec_bytes())
 def test_cli_flops_and_export_exit_0_or_one_line_exit_2(fuzz_dir, data):
     n = next(_counter)
