@@ -34,6 +34,13 @@ def _check(net, x, gates, size):
     log = _OpLog()
     with log:
         skip, hooked = _hooked_flops(net, lambda: net.forward_skipping(x, gate_override=gates))
+    _assert_skipping_equals_dense(net, dense, skip, hooked, size, gates)
+    return skip, log.ops
+
+
+def _assert_skipping_equals_dense(net, dense, skip, hooked, size, gates) -> None:
+    """Logits within 1e-5, realised FLOPs equal to the hand count and to what the hooks saw, and the same
+    alive/cell-ran flags and gates as the dense forward."""
     assert (dense.logits - skip.logits).abs().max() <= 1e-5 * max(1.0, float(dense.logits.abs().max()))
     body, total, heads = _hand_count(net.space, size, net, gates)
     assert torch.equal(skip.realised_body_flops, body) and torch.equal(skip.realised_flops, total)
@@ -43,7 +50,6 @@ def _check(net, x, gates, size):
         assert torch.equal(dense.cell_ran[node], skip.cell_ran[node])
     for key, g in dense.edge_gates.items():
         assert torch.equal(g, skip.edge_gates[key])
-    return skip, log.ops
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: str(c))
@@ -129,15 +135,7 @@ def test_group_routes_equals_dense(case):
     with torch.no_grad():
         dense = net(x, gate_override=gates)
     skip, hooked = _hooked_flops(net, lambda: net.forward_skipping(x, gate_override=gates, group_routes=True))
-    assert (dense.logits - skip.logits).abs().max() <= 1e-5 * max(1.0, float(dense.logits.abs().max()))
-    body, total, heads = _hand_count(net.space, (96, 160), net, gates)
-    assert torch.equal(skip.realised_body_flops, body) and torch.equal(skip.realised_flops, total)
-    assert hooked == int(skip.realised_flops.sum() - heads.sum())
-    for node in net.space.nodes():
-        assert torch.equal(dense.alive[node], skip.alive[node])
-        assert torch.equal(dense.cell_ran[node], skip.cell_ran[node])
-    for key, g in dense.edge_gates.items():
-        assert torch.equal(g, skip.edge_gates[key])
+    _assert_skipping_equals_dense(net, dense, skip, hooked, (96, 160), gates)
 
 
 def test_group_routes_with_two_routes_gathers_only_where_they_split():
