@@ -128,8 +128,7 @@ def evaluate(
         fns = {"latency_ms": model.forward_skipping if dynamic else model}
         if dynamic:
             fns["latency_ms_all_open"] = model  # the dense forward, timed interleaved with the skipping one
-        with torch.inference_mode():
-            times = interleaved_latency_ms(fns, latency_inputs, latency_repeats, dev)
+        times = interleaved_latency_ms(fns, latency_inputs, latency_repeats, dev)  # evaluate runs in inference mode
         for key, samples in times.items():
             s = spread(samples)
             fields[key], fields[f"{key}_iqr"] = s["median"], [s["q1"], s["q3"]]

@@ -104,10 +104,14 @@ class BudgetLoss:
             raise RoutespaceError(f"budget lambda must be >= 0, got {lam}")
         if not (0 <= warmup <= 1 and 0 <= ramp <= 1):
             raise RoutespaceError(f"budget warm-up and ramp are fractions of training in [0, 1], got {warmup} and {ramp}")
+        if isinstance(anneal, bool) or not (isinstance(anneal, (int, float)) and 0 <= anneal <= 1):
+            raise RoutespaceError(f"the budget target's anneal is a fraction of training in [0, 1], got {anneal}")
+        if anneal > 0 and mode != "realised":
+            raise RoutespaceError("an annealed budget target applies to the realised mode only (paper mode is the released loss)")
         self.all_open_body, self.mu, self.lam, self.mode = float(all_open_body), float(mu), float(lam), mode
         self.warmup, self.ramp = float(warmup), float(ramp)
         self.adaptive = (mode == "realised") if adaptive is None else bool(adaptive)
-        self.rate = float(rate) if rate is not None else (ANNEAL_RATE if anneal and anneal > 0 else 0.02)
+        self.rate = float(rate) if rate is not None else (ANNEAL_RATE if anneal > 0 else 0.02)
         self.lam_max = float(lam_max) if lam_max is not None else LAMBDA_CAP * max(self.lam, 1e-3)
         default_penalty, default_scope = MODE_DEFAULTS.get(mode, MODE_DEFAULTS["paper"])
         penalty = default_penalty if penalty is None else penalty
@@ -120,10 +124,6 @@ class BudgetLoss:
             raise RoutespaceError(f"the budget gradient's clip must be positive, got {grad_clip}")
         self.penalty, self.grad_scope = penalty, grad_scope
         self.grad_clip = float(grad_clip) if grad_clip is not None else None
-        if isinstance(anneal, bool) or not (isinstance(anneal, (int, float)) and 0 <= anneal <= 1):
-            raise RoutespaceError(f"the budget target's anneal is a fraction of training in [0, 1], got {anneal}")
-        if anneal > 0 and mode != "realised":
-            raise RoutespaceError("an annealed budget target applies to the realised mode only (paper mode is the released loss)")
         self.anneal = float(anneal)
         self.start_ratio: float | None = None  # the batch ratio at switch-on, where an annealed target starts
         # annealed: lambda starts at 0 and rises only as far as the target needs (dual ascent)
@@ -159,15 +159,14 @@ class BudgetLoss:
             mean_ratio = _mean_over_processes(ratio)
             if self.anneal > 0 and self.start_ratio is None:
                 self.start_ratio = mean_ratio
-            target = self.target(step, total)
-            # relative deviation clamped to [-1, 1]
-            deviation = max(-1.0, min(1.0, (mean_ratio - target) / self.mu))
+            target = self.target(step, total)  # mu unless annealed
+            deviation = min(1.0, (mean_ratio - target) / self.mu)  # relative deviation, at most 1
             if self.anneal > 0:
-                # additive dual ascent, lambda in [0, lam_max]: it falls to 0 when the ratio is below target
-                self.lam_now = min(self.lam_max, max(0.0, self.lam_now + self.rate * self.lam * deviation))
+                # additive dual ascent (deviation also at least -1), lambda in [0, lam_max]: it falls to 0 when the
+                # ratio is below target
+                self.lam_now = min(self.lam_max, max(0.0, self.lam_now + self.rate * self.lam * max(-1.0, deviation)))
             else:
-                # lambda moves by at most a factor exp(rate) per step either way, never below its initial value
-                deviation = min(1.0, (mean_ratio - self.mu) / self.mu)
+                # lambda grows by at most a factor exp(rate) per step, never below its initial value
                 self.lam_now = min(self.lam_max, max(self.lam, self.lam_now * math.exp(self.rate * deviation)))
         body = output.budget_body_flops if self.mode == "realised" else output.expected_body_flops
         if self.penalty == "linear":
